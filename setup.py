@@ -1,0 +1,66 @@
+"""Builds hybrid_k2._C, the CPU expert kernels, from csrc/.
+
+One build runs on any x86-64 CPU: every ISA path lives in its own translation unit compiled with
+its own -m flags (never -march=native), and the path is chosen at runtime from cpuid. The flags
+of a source file follow from its name: *_avx2.cpp, *_avx512.cpp, *_avx512bf16.cpp, *_amx.cpp.
+"""
+import glob
+import os
+import platform
+
+from pybind11.setup_helpers import Pybind11Extension
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+ISA_FLAGS = {
+    "_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
+    "_avx512.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                    "-mavx512dq", "-mavx512vnni"],
+    "_avx512bf16.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                        "-mavx512dq", "-mavx512bf16"],
+    "_amx.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                 "-mavx512dq", "-mavx512vnni", "-mavx512bf16", "-mamx-tile", "-mamx-int8",
+                 "-mamx-bf16"],
+}
+
+
+def isa_flags(src: str) -> list[str]:
+    if not IS_X86:
+        return []
+    for suffix, flags in ISA_FLAGS.items():
+        if src.endswith(suffix):
+            return flags
+    return []
+
+
+class BuildExt(build_ext):
+    """Adds per-file ISA flags; everything else is the stock pybind11 build."""
+
+    def build_extensions(self):
+        compile_one = self.compiler._compile
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            return compile_one(obj, src, ext, cc_args, list(extra_postargs) + isa_flags(src), pp_opts)
+
+        self.compiler._compile = _compile
+        super().build_extensions()
+
+
+sources = sorted(
+    s for s in glob.glob("csrc/**/*.cpp", recursive=True)
+    if not s.startswith(os.path.join("csrc", "tests"))
+    and (IS_X86 or not any(s.endswith(k) for k in ISA_FLAGS))
+)
+
+ext = Pybind11Extension(
+    "hybrid_k2._C",
+    sources,
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3", "-fno-math-errno", "-Wall"],
+    extra_link_args=["-pthread"],
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
