@@ -1,0 +1,135 @@
+"""The Python API everything else builds on: load a checkpoint, open sessions, get logits.
+
+    model = hybrid_k2.load("/models/Kimi-K2-Thinking", device="cuda", precision="fast")
+    s = model.new_session()
+    logits = s.prefill(prompt_ids)      # [T, V] fp32, one row per prompt position
+    logits = s.decode(next_id)          # [V] fp32
+
+precision="exact": fp32 activations and weights, INT4 dequantised exactly, no TF32: for checking
+numerics against other implementations. precision="fast": bf16 on the device, the kernels' fast mode
+for the routed experts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from hybrid_k2.checkpoint.loader import Loader
+from hybrid_k2.checkpoint.reader import CheckpointReader
+from hybrid_k2.config import ModelArgs
+from hybrid_k2.errors import HybridK2Error
+from hybrid_k2.model.experts import Int4ExpertStore
+from hybrid_k2.model.transformer import KimiK2
+
+PRECISIONS = {"exact": torch.float32, "fast": torch.bfloat16}
+PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the [T, H, S] attention scores
+
+
+class Model:
+    def __init__(self, args: ModelArgs, net: KimiK2, path: Path, precision: str, findings: list[str]):
+        self.args, self.net, self.path, self.precision = args, net, path, precision
+        self.findings = findings
+        self.device = net.device
+
+    def new_session(self, max_len: int | None = None) -> "Session":
+        return Session(self, max_len or self.args.max_position_embeddings)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path
+
+
+class Session:
+    """One sequence: its latent KV cache and the token ids it holds."""
+
+    def __init__(self, model: Model, max_len: int):
+        self.model, self.max_len = model, max_len
+        self.caches = model.net.new_caches()
+        self.tokens: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def truncate(self, n: int) -> None:
+        """Forgets positions >= n (their cache rows are overwritten by the next prefill)."""
+        if not 0 <= n <= len(self.tokens):
+            raise HybridK2Error(f"cannot truncate a session of {len(self.tokens)} tokens to {n}")
+        del self.tokens[n:]
+        for c in self.caches:
+            c.length = n
+
+    def _check(self, ids: Sequence[int]) -> None:
+        V = self.model.args.vocab_size
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V:
+                raise HybridK2Error(f"token id {t!r} is outside the vocabulary (0..{V - 1})")
+        if len(self.tokens) + len(ids) > self.max_len:
+            raise HybridK2Error(f"context overflow: {len(self.tokens)} cached + {len(ids)} new tokens exceed "
+                                f"the context of {self.max_len}")
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: Sequence[int], *, last_only: bool = False) -> torch.Tensor:
+        """Appends token_ids; returns fp32 logits [T, V] for every position ([1, V] with last_only)."""
+        ids = list(token_ids)
+        if not ids:
+            raise HybridK2Error("prefill needs at least one token")
+        self._check(ids)
+        out = []
+        for i in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[i:i + PREFILL_CHUNK]
+            start = len(self.tokens)
+            t = torch.tensor(chunk, dtype=torch.long)
+            if last_only:
+                h = self.model.net.hidden(t, self.caches, start)[-1:]
+                logits = self.model.net.lm_head(h).float()
+            else:
+                logits = self.model.net(t, self.caches, start)
+            self.tokens.extend(chunk)
+            out.append(logits)
+        return out[-1] if last_only else torch.cat(out)
+
+    @torch.inference_mode()
+    def decode(self, token_id: int) -> torch.Tensor:
+        """Appends one token; returns fp32 logits [V] for the next position."""
+        self._check([token_id])
+        start = len(self.tokens)
+        logits = self.model.net(torch.tensor([token_id], dtype=torch.long), self.caches, start)
+        self.tokens.append(token_id)
+        return logits[0]
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu", precision: str = "exact",
+         progress: bool | None = None,
+         expert_store: Callable[[int, int, int, int], object] | None = None) -> Model:
+    """Reads config.json and the weights (tokenizer files are optional) and builds a Model.
+
+    expert_store(layer, num_experts, hidden, intermediate) makes the container one layer's routed
+    experts are loaded into (default: the checkpoint layout, run by the pure-torch reference).
+    """
+    if precision not in PRECISIONS:
+        raise HybridK2Error(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    path = Path(path)
+    reader = CheckpointReader(path)  # checks the folder exists and every shard is whole
+    args = ModelArgs.from_hf_config(path)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise HybridK2Error(f"unknown device {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HybridK2Error("device cuda requested but no CUDA GPU is available")
+    dtype = PRECISIONS[precision]
+    if precision == "exact" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    make_store = expert_store or (lambda layer, E, D, I: Int4ExpertStore(E, D, I))
+    stores = {layer: make_store(layer, args.n_routed_experts, args.hidden_size, args.moe_intermediate_size)
+              for layer in range(args.num_hidden_layers) if args.is_moe_layer(layer)}
+    net = KimiK2(args, stores, device, dtype)
+    try:
+        findings = Loader(reader, args, device=device, dtype=dtype, progress=progress).load(net, stores)
+    finally:
+        reader.close()
+    net.eval()
+    return Model(args, net, path, precision, findings)

@@ -1,0 +1,111 @@
+"""Multi-head Latent Attention over a latent KV cache.
+
+Glossary: T new tokens, S cached + new positions, H heads, R kv_lora_rank (512), P rope dims (64),
+N nope dims (128), V value dims (128), C = qk head dim = N + P.
+
+Per token and layer the cache keeps only c_kv = RMSNorm(kv_a[:R]) and the roped shared key k_pe: R + P
+values (576 for K2). Two exact-algebra paths read it (docs/kimi-k2-format.md 3.3 and 3.4):
+  naive     (prefill, T > 1): expand c_kv through kv_b_proj into per-head keys and values.
+  absorbed  (decode, T == 1): fold W_UK into the query and W_UV into the output, attend in latent space.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hybrid_k2.config import ModelArgs
+from hybrid_k2.model.linear import Linear
+from hybrid_k2.model.norm import RMSNorm
+from hybrid_k2.model.rope import apply_rope
+
+
+class LatentCache:
+    """One layer's latent KV: [capacity, R + P], grown by doubling; `length` positions are valid."""
+
+    def __init__(self, kv_dim: int, dtype: torch.dtype, device: torch.device, capacity: int = 256):
+        self.data = torch.empty(capacity, kv_dim, dtype=dtype, device=device)
+        self.length = 0
+
+    def write(self, start: int, rows: torch.Tensor) -> torch.Tensor:
+        """Stores rows [T, R + P] at positions start.. and returns the valid prefix [start + T, R + P]."""
+        end = start + rows.shape[0]
+        if end > self.data.shape[0]:
+            grown = torch.empty(max(end, 2 * self.data.shape[0]), self.data.shape[1],
+                                dtype=self.data.dtype, device=self.data.device)
+            grown[:start] = self.data[:start]
+            self.data = grown
+        self.data[start:end] = rows.to(self.data.dtype)
+        self.length = end
+        return self.data[:end]
+
+
+class MLA(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        D, H = args.hidden_size, args.num_attention_heads
+        self.n_heads, self.kv_lora_rank = H, args.kv_lora_rank
+        self.nope, self.rope, self.v_dim = args.qk_nope_head_dim, args.qk_rope_head_dim, args.v_head_dim
+        self.scale = args.softmax_scale
+        if args.q_lora_rank:
+            self.q_a_proj = Linear(D, args.q_lora_rank)
+            self.q_a_layernorm = RMSNorm(args.q_lora_rank, args.rms_norm_eps)
+            self.q_b_proj = Linear(args.q_lora_rank, H * args.qk_head_dim)
+        else:
+            self.q_proj = Linear(D, H * args.qk_head_dim)
+        self.kv_a_proj_with_mqa = Linear(D, args.kv_lora_rank + args.qk_rope_head_dim)
+        self.kv_a_layernorm = RMSNorm(args.kv_lora_rank, args.rms_norm_eps)
+        self.kv_b_proj = Linear(args.kv_lora_rank, H * (args.qk_nope_head_dim + args.v_head_dim))
+        self.o_proj = Linear(H * args.v_head_dim, D)
+        self.absorb_decode = True
+
+    def forward(self, x: torch.Tensor, cache: LatentCache, start: int,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [T, D] at positions start..start+T-1 -> [T, D]; appends T rows to the cache."""
+        T, H, R = x.shape[0], self.n_heads, self.kv_lora_rank
+        if hasattr(self, "q_a_proj"):
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        else:
+            q = self.q_proj(x)
+        q = q.view(T, H, self.nope + self.rope)
+        q_nope, q_pe = q[..., :self.nope], apply_rope(q[..., self.nope:], cos, sin)  # [T, H, N], [T, H, P]
+
+        kv = self.kv_a_proj_with_mqa(x)  # [T, R + P]
+        c_kv = self.kv_a_layernorm(kv[:, :R])  # [T, R]
+        k_pe = apply_rope(kv[:, None, R:], cos, sin)[:, 0]  # [T, P]
+        latent = cache.write(start, torch.cat((c_kv, k_pe), dim=-1))  # [S, R + P]
+        c_all, pe_all = latent[:, :R].to(x.dtype), latent[:, R:].to(x.dtype)  # [S, R], [S, P]
+
+        if T == 1 and self.absorb_decode:
+            o = self._absorbed(q_nope, q_pe, c_all, pe_all, start)
+        else:
+            o = self._naive(q_nope, q_pe, c_all, pe_all, start)
+        return self.o_proj(o.reshape(T, H * self.v_dim))
+
+    def _mask_softmax(self, scores: torch.Tensor, start: int) -> torch.Tensor:
+        """scores [T, H, S] fp32; query t sits at position start + t and sees positions <= it."""
+        T, S = scores.shape[0], scores.shape[-1]
+        if T > 1:
+            q_pos = torch.arange(start, start + T, device=scores.device)[:, None]
+            future = torch.arange(S, device=scores.device)[None, :] > q_pos  # [T, S]
+            scores = scores.masked_fill(future[:, None, :], float("-inf"))
+        return torch.softmax(scores * self.scale, dim=-1)
+
+    def _naive(self, q_nope, q_pe, c_all, pe_all, start):
+        S, H = c_all.shape[0], self.n_heads
+        kvb = self.kv_b_proj(c_all).view(S, H, self.nope + self.v_dim)  # [S, H, N + V]
+        k_nope, v = kvb[..., :self.nope], kvb[..., self.nope:]
+        scores = torch.einsum("thn,shn->ths", q_nope.float(), k_nope.float())
+        scores = scores + torch.einsum("thp,sp->ths", q_pe.float(), pe_all.float())  # [T, H, S]
+        p = self._mask_softmax(scores, start)
+        return torch.einsum("ths,shv->thv", p.to(v.dtype), v)  # [T, H, V]
+
+    def _absorbed(self, q_nope, q_pe, c_all, pe_all, start):
+        H, R = self.n_heads, self.kv_lora_rank
+        w = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, R)
+        w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # [H, N, R], [H, V, R]
+        q_lat = torch.einsum("thn,hnr->thr", q_nope, w_uk)  # [T, H, R]
+        scores = torch.einsum("thr,sr->ths", q_lat.float(), c_all.float())
+        scores = scores + torch.einsum("thp,sp->ths", q_pe.float(), pe_all.float())  # [T, H, S]
+        p = self._mask_softmax(scores, start)
+        o_lat = torch.einsum("ths,sr->thr", p.to(c_all.dtype), c_all)  # [T, H, R]
+        return torch.einsum("thr,hvr->thv", o_lat, w_uv)  # [T, H, V]

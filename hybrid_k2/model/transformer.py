@@ -1,0 +1,68 @@
+"""The whole network, named exactly like the checkpoint: `model.embed_tokens`, `model.layers.L.*`,
+`model.norm`, `lm_head`. Reads top to bottom in the order a token flows.
+
+The embedding table stays in host RAM (a lookup needs no GPU); everything else that is not a routed
+expert lives on `device`. Which module runs where is decided by the loader, not here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hybrid_k2.config import ModelArgs
+from hybrid_k2.model.linear import Linear
+from hybrid_k2.model.mla import MLA, LatentCache
+from hybrid_k2.model.mlp import MLP
+from hybrid_k2.model.moe import MoE
+from hybrid_k2.model.norm import RMSNorm
+from hybrid_k2.model.rope import Rope
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int, store=None):
+        super().__init__()
+        self.layer = layer
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.self_attn = MLA(args)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = MoE(args, store) if args.is_moe_layer(layer) else MLP(args.hidden_size, args.intermediate_size)
+
+    def forward(self, x, cache: LatentCache, start: int, cos, sin) -> torch.Tensor:  # [T, D] -> [T, D]
+        x = x + self.self_attn(self.input_layernorm(x), cache, start, cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, args: ModelArgs, stores: dict[int, object]):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size, device="meta")
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(Block(args, i, stores.get(i)) for i in range(args.num_hidden_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+
+class KimiK2(nn.Module):
+    """DeepseekV3ForCausalLM's structure. forward: token ids [T] at positions start.. -> logits [T, V] fp32."""
+
+    def __init__(self, args: ModelArgs, stores: dict[int, object], device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        self.args, self.device, self.dtype = args, torch.device(device), dtype
+        self.model = Decoder(args, stores)
+        self.lm_head = Linear(args.hidden_size, args.vocab_size)
+        self.rope = Rope(args, self.device)
+
+    def new_caches(self, capacity: int = 256) -> list[LatentCache]:
+        return [LatentCache(self.args.kv_dim, self.dtype, self.device, capacity)
+                for _ in range(self.args.num_hidden_layers)]
+
+    def hidden(self, ids: torch.Tensor, caches: list[LatentCache], start: int) -> torch.Tensor:
+        """ids [T] (host) -> final-normed hidden states [T, D] on the device."""
+        x = self.model.embed_tokens(ids.to(self.model.embed_tokens.weight.device))
+        x = x.to(device=self.device, dtype=self.dtype)  # [T, D]
+        cos, sin = self.rope.tables(start, ids.shape[0])  # [T, P/2] each
+        for layer, cache in zip(self.model.layers, caches):
+            x = layer(x, cache, start, cos, sin)
+        return self.model.norm(x)
+
+    def forward(self, ids: torch.Tensor, caches: list[LatentCache], start: int) -> torch.Tensor:
+        return self.lm_head(self.hidden(ids, caches, start)).float()  # [T, V]
