@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid_k2.config import ModelArgs
+from hybrid_k2.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def print_info(model: Path | None) -> None:
     from hybrid_k2.tiny import demo_model_path
 
     path = Path(model) if model is not None else demo_model_path()
+    reader = CheckpointReader(path)  # checks the folder and every shard's header first
     a = ModelArgs.from_hf_config(path)
     s = sizes(a)
     console = Console()
@@ -128,16 +130,18 @@ def print_info(model: Path | None) -> None:
     console.print(f"KV cache: {kv_bytes_per_token(a):,} B per token (bf16 latent, {a.kv_dim} values x "
                   f"{a.num_hidden_layers} layers)")
     console.print(f"decode reads {_gb(decode_expert_bytes_per_token(a))} of routed experts per token")
-    problems = _findings(CheckpointReader(path), a)  # header checks run in the constructor
+    problems, notes = _findings(reader, a)
+    for note in notes:
+        console.print(f"note: {note}")
     if problems:
-        console.print("[yellow]loader findings:[/yellow]")
+        console.print("[red]loader findings:[/red]")
         for p in problems:
             console.print(f"  - {p}")
-    else:
-        console.print("loader findings: none (every expected tensor is present with the right shape and dtype)")
+        raise CheckpointError(f"the checkpoint cannot be loaded: {len(problems)} problem(s), first: {problems[0]}")
+    console.print("loader findings: none (every expected tensor is present with the right shape and dtype)")
 
 
-def _findings(reader, a: ModelArgs) -> list[str]:
+def _findings(reader, a: ModelArgs) -> tuple[list[str], list[str]]:
     """Compares the checkpoint's headers with the tensors the model expects, without loading anything."""
     from hybrid_k2.checkpoint.expected import expected_tensors
 
@@ -145,16 +149,16 @@ def _findings(reader, a: ModelArgs) -> list[str]:
     expected = expected_tensors(a)
     for name, (shape, dtypes) in expected.items():
         if name not in reader:
-            problems.append(f"missing tensor {name}")
+            problems.append(f"tensor {name} is missing from the checkpoint")
             continue
         if reader.shape(name) != shape:
-            problems.append(f"{name}: shape {list(reader.shape(name))}, expected {list(shape)}")
+            problems.append(f"tensor {name} has shape {list(reader.shape(name))}, expected {list(shape)}")
         if reader.dtype(name) not in dtypes:
-            problems.append(f"{name}: dtype {reader.dtype(name)}, expected {' or '.join(map(str, dtypes))}")
+            want = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+            problems.append(f"tensor {name} has dtype {reader._info(name)['dtype']}, expected {want}")
         if len(problems) > 20:
             problems.append("... (more)")
-            return problems
+            break
     extra = [n for n in reader.names() if n not in expected]
-    if extra:
-        problems.append(f"{len(extra)} tensors the model does not use, e.g. {extra[0]}")
-    return problems
+    notes = [f"{len(extra)} tensors the model does not use, e.g. {extra[0]}"] if extra else []
+    return problems, notes
