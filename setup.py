@@ -8,7 +8,7 @@ import glob
 import os
 import platform
 
-from pybind11.setup_helpers import Pybind11Extension
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
@@ -47,6 +47,9 @@ class BuildExt(build_ext):
         self.compiler._compile = _compile
         super().build_extensions()
 
+
+# Compile the translation units in parallel (HYBRID_K2_BUILD_JOBS, default: all CPUs).
+ParallelCompile("HYBRID_K2_BUILD_JOBS", default=0).install()
 
 sources = sorted(
     s for s in glob.glob("csrc/**/*.cpp", recursive=True)

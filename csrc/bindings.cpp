@@ -2,8 +2,20 @@
 // keyword-only arguments in hybrid_k2/kernels/ops.py.
 #include <pybind11/pybind11.h>
 
+#include "common.h"
+
 namespace py = pybind11;
+
+namespace hk2 {
+void register_int4_moe(py::module_& m);      // csrc/int4_moe/int4_moe_py.cpp
+void register_bandwidth(py::module_& m);     // csrc/bench/bandwidth_py.cpp
+}  // namespace hk2
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "hybrid-k2 CPU kernels";
+  // Bad input inside the kernels raises hybrid_k2.errors.HybridK2Error (one line, no traceback).
+  static py::object base = py::module_::import("hybrid_k2.errors").attr("HybridK2Error");
+  py::register_exception<hk2::Error>(m, "KernelError", base.ptr());
+  hk2::register_int4_moe(m);
+  hk2::register_bandwidth(m);
 }

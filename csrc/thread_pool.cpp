@@ -1,0 +1,175 @@
+#include "thread_pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <chrono>
+#include <map>
+
+#include "common.h"
+
+namespace hk2 {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins up to `micros` for pred() to hold; returns whether it did.
+template <class Pred>
+bool spin_for(Pred pred, int micros) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 0;; ++i) {
+    if (pred()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > end) return false;
+  }
+}
+
+std::vector<int> allowed_cpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  if (cpus.empty()) cpus.push_back(0);
+  return cpus;
+}
+
+constexpr int kIdleSpinMicros = 50;      // between decode layers the next job comes quickly
+constexpr int kBarrierSpinMicros = 200;  // phases of one job are short; sleeping costs ~10 us
+
+}  // namespace
+
+int default_threads() { return int(allowed_cpus().size()); }
+
+ThreadPool::ThreadPool(int nthreads) : n_(nthreads) {
+  HK2_CHECK(nthreads >= 1 && nthreads <= 1024, "threads must be in [1, 1024], got " << nthreads);
+  const std::vector<int> cpus = allowed_cpus();
+  for (int t = 0; t < n_; ++t) {
+    threads_.emplace_back([this, t] { worker(t); });
+    if (int(cpus.size()) >= n_) {  // pin only when every worker gets a CPU of its own
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(cpus[t], &set);
+      pthread_setaffinity_np(threads_.back().native_handle(), sizeof(set), &set);
+    }
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return finished_.load() == posted_; });
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  for (auto& th : threads_) th.join();
+}
+
+uint64_t ThreadPool::submit(Job fn) {
+  uint64_t ticket;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ticket = ++posted_;
+    queue_.emplace_back(ticket, std::move(fn));
+    if (!busy_) start_next_locked();
+  }
+  work_cv_.notify_all();
+  return ticket;
+}
+
+void ThreadPool::start_next_locked() {
+  auto job = std::move(queue_.front());
+  queue_.pop_front();
+  busy_ = true;
+  current_ = std::move(job.second);
+  current_error_ = nullptr;
+  running_.store(n_, std::memory_order_relaxed);
+  current_ticket_.store(job.first, std::memory_order_release);
+}
+
+bool ThreadPool::done(uint64_t ticket) { return finished_.load(std::memory_order_acquire) >= ticket; }
+
+void ThreadPool::wait(uint64_t ticket) {
+  if (!spin_for([&] { return done(ticket); }, kIdleSpinMicros)) {
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return done(ticket); });
+  }
+  std::exception_ptr err;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = errors_.find(ticket);
+    if (it != errors_.end()) {
+      err = it->second;
+      errors_.erase(it);
+    }
+  }
+  if (err) std::rethrow_exception(err);
+}
+
+void ThreadPool::worker(int tid) {
+  uint64_t seen = 0;
+  for (;;) {
+    auto fresh = [&] { return current_ticket_.load(std::memory_order_acquire) != seen; };
+    if (!spin_for(fresh, kIdleSpinMicros)) {
+      std::unique_lock<std::mutex> lk(mu_);
+      work_cv_.wait(lk, [&] { return stop_ || fresh(); });
+      if (!fresh()) return;  // stopping, nothing left to run
+    }
+    seen = current_ticket_.load(std::memory_order_acquire);
+    try {
+      current_(tid, n_);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(error_mu_);
+      if (!current_error_) current_error_ = std::current_exception();
+    }
+    if (running_.fetch_sub(1, std::memory_order_acq_rel) == 1) {  // last worker out closes the job
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (current_error_) errors_[seen] = current_error_;
+        current_ = nullptr;
+        busy_ = false;
+        finished_.store(seen, std::memory_order_release);
+        if (!queue_.empty()) start_next_locked();
+      }
+      done_cv_.notify_all();
+      work_cv_.notify_all();
+    }
+  }
+}
+
+void ThreadPool::barrier() {
+  if (n_ == 1) return;
+  const uint64_t gen = bar_gen_.load(std::memory_order_acquire);
+  if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+    bar_count_.store(0, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(bar_mu_);
+      bar_gen_.fetch_add(1, std::memory_order_release);
+    }
+    bar_cv_.notify_all();
+    return;
+  }
+  auto passed = [&] { return bar_gen_.load(std::memory_order_acquire) != gen; };
+  if (spin_for(passed, kBarrierSpinMicros)) return;
+  std::unique_lock<std::mutex> lk(bar_mu_);
+  bar_cv_.wait(lk, passed);
+}
+
+ThreadPool& global_pool(int nthreads) {
+  // Pools are kept for the life of the process: a handle may still wait on one of them.
+  // Leaked on purpose: joining workers from static destructors at interpreter exit can hang.
+  static std::mutex mu;
+  static auto* pools = new std::map<int, std::unique_ptr<ThreadPool>>();
+  std::lock_guard<std::mutex> lk(mu);
+  auto& p = (*pools)[nthreads];
+  if (!p) p = std::make_unique<ThreadPool>(nthreads);
+  return *p;
+}
+
+}  // namespace hk2

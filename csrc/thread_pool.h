@@ -1,0 +1,69 @@
+// A persistent pool of pinned worker threads running one job at a time, all workers together.
+//
+// [NOTE] A job is fn(tid, nthreads), run by every worker at once; inside it, workers share work
+// through atomic counters and meet at barrier(). submit() returns at once (the Python thread goes
+// on with the GPU side) and wait() blocks until that job is done. Idle workers spin for a few
+// microseconds (a decode step submits the next layer soon) and then sleep on a condition
+// variable, so an idle pool costs no CPU. Jobs run in submission order.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace hk2 {
+
+class ThreadPool {
+ public:
+  using Job = std::function<void(int tid, int nthreads)>;
+
+  explicit ThreadPool(int nthreads);
+  ~ThreadPool();
+
+  int size() const { return n_; }
+  uint64_t submit(Job fn);       // returns the job's ticket
+  void wait(uint64_t ticket);    // rethrows the job's first exception
+  bool done(uint64_t ticket);
+  void barrier();                // inside a job: every worker waits for all the others
+
+ private:
+  void worker(int tid);
+  void start_next_locked();
+
+  int n_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable work_cv_, done_cv_;
+  std::deque<std::pair<uint64_t, Job>> queue_;
+  uint64_t posted_ = 0;                  // tickets handed out
+  std::atomic<uint64_t> finished_{0};    // jobs done (tickets <= finished_ are done)
+  std::map<uint64_t, std::exception_ptr> errors_;   // failed jobs not yet waited for
+  bool stop_ = false;
+  bool busy_ = false;
+  // current job, read by all workers
+  Job current_;
+  std::atomic<uint64_t> current_ticket_{0};
+  std::atomic<int> running_{0};
+  std::exception_ptr current_error_;
+  std::mutex error_mu_;
+  // barrier state
+  std::atomic<int> bar_count_{0};
+  std::atomic<uint64_t> bar_gen_{0};
+  std::mutex bar_mu_;
+  std::condition_variable bar_cv_;
+};
+
+// The process-wide pool with `nthreads` workers, created on first use and kept; asking for a
+// different size replaces it once the running jobs are done.
+ThreadPool& global_pool(int nthreads);
+int default_threads();   // CPUs in this process's affinity mask
+
+}  // namespace hk2
