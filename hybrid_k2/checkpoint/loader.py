@@ -4,6 +4,8 @@ Which Linear is INT4 follows compressed-tensors' own rule: with a quantization_c
 quantized unless a name in `ignore` matches it (`re:` entries with re.match, others by equality).
 Routed experts must be INT4 and go to host RAM, expert by expert, into their store; quantized
 GPU-side linears (none in K2) are dequantised once; bf16 tensors are converted to the compute dtype.
+Where the embedding goes and which linears are stored as int8 come from an optional placement
+(hybrid_k2.runtime.placement.ResolvedPlacement); without one: embedding in host RAM, linears in dtype.
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ def read_int4(reader: CheckpointReader, name: str, out_f: int, in_f: int,
 
 class Loader:
     def __init__(self, reader: CheckpointReader, args: ModelArgs, *, device: torch.device,
-                 dtype: torch.dtype, progress: bool | None = None):
+                 dtype: torch.dtype, progress: bool | None = None, placement=None):
         self.reader, self.args, self.device, self.dtype = reader, args, torch.device(device), dtype
+        self.placement = placement
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.used: set[str] = set()
 
@@ -82,7 +85,7 @@ class Loader:
                 store.load_expert(e, **parts)
 
     # -- everything else --------------------------------------------------------------------------
-    def load_linear(self, name: str, module: Linear) -> None:
+    def load_linear(self, name: str, module: Linear, net: nn.Module | None = None) -> None:
         out_f, in_f = module.out_features, module.in_features
         if is_quantized(self.args, name):
             packed, scale = read_int4(self.reader, name, out_f, in_f)
@@ -91,6 +94,12 @@ class Loader:
         else:
             w = self.reader.get(f"{name}.weight", shape=(out_f, in_f), dtype=FLOAT_DTYPES)
             self.used.add(f"{name}.weight")
+        if self.placement is not None and net is not None and name in self.placement.int8_linears:
+            from hybrid_k2.runtime.int8 import Int8Linear  # swapped in from outside the model
+
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, Int8Linear.from_weight(w, device=self.device, dtype=self.dtype))
+            return
         module.weight = nn.Parameter(w.to(device=self.device, dtype=self.dtype), requires_grad=False)
 
     def load_param(self, module: nn.Module, attr: str, name: str, *, device, dtype,
@@ -102,13 +111,14 @@ class Loader:
 
     def load(self, net: nn.Module, stores: dict[int, object]) -> list[str]:
         """Fills `net` in place; returns findings (unused tensors) for `hybrid-k2 info`."""
-        host = torch.device("cpu")
+        embed_on_device = self.placement is not None and self.placement.embed == "device"
+        host = self.device if embed_on_device else torch.device("cpu")
         steps: list[tuple[str, Callable[[], None]]] = []
         for name, module in net.named_modules():
             if isinstance(module, Linear):
-                steps.append((name, lambda n=name, m=module: self.load_linear(n, m)))
-            elif isinstance(module, nn.Embedding):
-                # The table stays in host RAM in the checkpoint's dtype; rows are cast after lookup.
+                steps.append((name, lambda n=name, m=module: self.load_linear(n, m, net)))
+            elif type(module).__name__ == "Embedding":
+                # The table stays in host RAM (unless placed on the device); rows are cast after lookup.
                 steps.append((name, lambda n=name, m=module: self.load_param(
                     m, "weight", f"{n}.weight", device=host, dtype=torch.bfloat16
                     if self.dtype == torch.bfloat16 else torch.float32)))

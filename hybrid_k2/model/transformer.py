@@ -7,6 +7,7 @@ expert lives on `device`. Which module runs where is decided by the loader, not 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hybrid_k2.config import ModelArgs
@@ -16,6 +17,17 @@ from hybrid_k2.model.mlp import MLP
 from hybrid_k2.model.moe import MoE
 from hybrid_k2.model.norm import RMSNorm
 from hybrid_k2.model.rope import Rope
+
+
+class Embedding(nn.Module):
+    """`model.embed_tokens`: a [V, D] table; rows are looked up where the table lives (host RAM)."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab, dim, device="meta"), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, D]
+        return F.embedding(ids, self.weight)
 
 
 class Block(nn.Module):
@@ -35,8 +47,7 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, args: ModelArgs, stores: dict[int, object]):
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size, device="meta")
-        self.embed_tokens.weight.requires_grad_(False)
+        self.embed_tokens = Embedding(args.vocab_size, args.hidden_size)
         self.layers = nn.ModuleList(Block(args, i, stores.get(i)) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 

@@ -1,0 +1,28 @@
+"""Loading keeps one copy of the weights: resident memory grows by about what the model keeps."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = r"""
+import json, resource, sys, psutil, torch
+import hybrid_k2, hybrid_k2.api
+proc = psutil.Process()
+before = proc.memory_info().rss
+model = hybrid_k2.load(sys.argv[1], precision="fast", progress=False)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # peak growth
+stores = [l.mlp.experts.store for l in model.net.model.layers if hasattr(l.mlp, "experts")]
+kept = sum(s.nbytes for s in stores) + sum(p.numel() * p.element_size() for p in model.net.parameters())
+print(json.dumps({"grown": grown, "kept": kept}))
+"""
+
+
+def test_peak_rss_near_kept_size(make_model):
+    path = make_model(seed=4, layers=2, experts=16, hidden=1024, moe_intermediate=2048)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["kept"] > 80e6
+    # no second copy of anything: growth within 15% of what is kept, plus a few MB of tables
+    assert m["grown"] <= 1.15 * m["kept"] + 16e6, m
