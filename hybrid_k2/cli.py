@@ -50,6 +50,41 @@ def make_tiny_cmd(
     typer.echo(f"wrote {path}")
 
 
+@app.command("bench")
+def bench_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the demo model)."),
+    n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens of the pp test (0: skip pp)."),
+    n_gen: int = typer.Option(128, "--n-gen", "-n", help="Generated tokens of the tg test (0: skip tg)."),
+    repetitions: int = typer.Option(5, "--repetitions", "-r", help="Repetitions of each test."),
+    depth: str = typer.Option("0", "--depth", "-d", help="Context depths, e.g. 0,4096,16384 or 0-16384+4096."),
+    batch: str = typer.Option("512", "--batch", "-b", help="Prompt tokens per forward during pp (list or range)."),
+    threads: Optional[str] = typer.Option(None, "--threads", "-t", help="CPU threads (list; default: physical cores)."),
+    precision: str = typer.Option("fast", help="fast (bf16 + fast kernels) or exact (fp32)."),
+    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    output: str = typer.Option("table", "--output", "-o", help="table | json | csv | md."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write tok/s vs depth and the step breakdown to a PNG."),
+    project: Optional[str] = typer.Option(None, "--project",
+                                          help='Project onto a target, e.g. "bandwidth=307GB/s,gpu_bw=1008GB/s".'),
+    seed: int = typer.Option(0, help="Seed of the random prompt tokens."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Warm up (and touch every expert) first."),
+    reprobe: bool = typer.Option(False, "--reprobe", help="Measure the memory bandwidth again (else cached)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Prompt-processing and generation tokens/s (llama-bench style), step breakdown, bandwidth roofline."""
+    from hybrid_k2.bench import run_bench
+    from hybrid_k2.bench.options import BenchOptionError, BenchOptions, Target, parse_int_list
+
+    try:
+        opts = BenchOptions(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                            depths=parse_int_list(depth, "--depth"), batches=parse_int_list(batch, "--batch"),
+                            threads=parse_int_list(threads, "--threads"), precision=precision, device=device,
+                            output=output, plot=plot, project=Target.parse(project) if project else None,
+                            seed=seed, warmup=warmup, reprobe=reprobe, progress=progress)
+        run_bench(opts)
+    except BenchOptionError as e:  # a usage error, like a flag the parser rejects
+        fail(str(e), code=2)
+
+
 @app.command("info")
 def info_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
@@ -58,6 +93,88 @@ def info_cmd(
     from hybrid_k2.info import print_info
 
     print_info(model)
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HYBRID_K2_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    served_model_name: str = typer.Option("kimi-k2-thinking", "--served-model-name", help="Model id clients send."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
+    max_queue: int = typer.Option(16, "--max-queue", help="Requests waiting behind the running one before 429."),
+    max_body_bytes: int = typer.Option(32 * 2**20, "--max-body-bytes", help="Largest request body (413 above)."),
+    prefix_cache_tokens: int = typer.Option(65536, "--prefix-cache-tokens",
+                                            help="Tokens of KV cache kept for reuse across requests (0: off)."),
+    prefix_cache_sessions: int = typer.Option(8, "--prefix-cache-sessions", help="Conversations kept cached."),
+    thinking_token_budget: Optional[int] = typer.Option(None, "--thinking-token-budget",
+                                                        help="Default cap on reasoning tokens (none: unbounded)."),
+    reasoning_field: str = typer.Option("reasoning_content", "--reasoning-field",
+                                        help="reasoning_content | reasoning | both (newer vLLM clients read 'reasoning')."),
+    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+) -> None:
+    """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+    from hybrid_k2.serve.engine import ServeConfig
+    from hybrid_k2.serve.server import run_server
+
+    config = ServeConfig(served_model_name=served_model_name, max_model_len=max_model_len,
+                         cache_tokens=prefix_cache_tokens, cache_sessions=prefix_cache_sessions,
+                         thinking_token_budget=thinking_token_budget, reasoning_field=reasoning_field)
+    run_server(model=model, host=host, port=port, api_key=api_key, config=config, max_queue=max_queue,
+               max_body_bytes=max_body_bytes, device=device, precision=precision, threads=threads,
+               log_level=log_level)
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder or config.json (no weights needed)."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory budget, e.g. 24GiB."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Host RAM budget, e.g. 1TiB."),
+    ctx: int = typer.Option(131072, "--ctx", help="Context length the plan must hold."),
+    precision: str = typer.Option("fast", help="fast (bf16 on the GPU) or exact (fp32)."),
+    device: str = typer.Option("cuda", help="cuda (GPU classes on the GPU) or cpu (everything in RAM)."),
+    place: Optional[list[str]] = typer.Option(None, "--place", help="PATTERN=cpu|device|device-int8 (repeatable)."),
+    gpu_experts: int = typer.Option(0, "--gpu-experts", help="Hot experts per layer kept on the GPU."),
+    expert_counts: Optional[Path] = typer.Option(None, "--expert-counts", help="File from profile-experts."),
+    prefill_chunk: int = typer.Option(512, "--prefill-chunk", help="Prompt tokens per forward."),
+    device_prefill_threshold: Optional[int] = typer.Option(None, "--device-prefill-threshold",
+                                                           help="Stream experts to the GPU above this many tokens."),
+    output: str = typer.Option("table", "--output", help="table | json"),
+) -> None:
+    """What goes where and how many bytes (GPU weights, KV, activations, experts in RAM), before loading."""
+    from hybrid_k2.runtime.report import plan_for, print_plan
+    from hybrid_k2.tiny import demo_model_path
+
+    if output not in ("table", "json"):
+        fail(f"--output must be table or json, got {output!r}")
+    path = model if model is not None else demo_model_path()
+    plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, ctx=ctx, precision=precision, device=device, place=place,
+                    gpu_experts=gpu_experts, expert_counts=str(expert_counts) if expert_counts else None,
+                    prefill_chunk=prefill_chunk, device_prefill_threshold=device_prefill_threshold)
+    print_plan(plan, output=output, model=path)
+
+
+@app.command("profile-experts")
+def profile_experts_cmd(
+    prompts: Path = typer.Option(..., "--prompts", help="Text (one prompt per line) or JSON lines."),
+    out: Path = typer.Option(..., "--out", help="Counts file to write (read by --gpu-experts)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
+    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    precision: str = typer.Option("exact", help="exact or fast."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Use at most this many tokens per prompt."),
+) -> None:
+    """Per-layer routing counts over prompts: which experts are hot."""
+    from hybrid_k2.runtime.profile import profile_experts
+    from hybrid_k2.tiny import demo_model_path
+
+    data = profile_experts(model if model is not None else demo_model_path(), prompts, out, device=device,
+                           precision=precision, max_tokens=max_tokens)
+    typer.echo(f"wrote {out}: {data['tokens']} tokens over {data['prompts']} prompts, {len(data['counts'])} MoE layers")
 
 
 def main() -> None:
@@ -73,6 +190,9 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         raise SystemExit(e.exit_code)
+    except typer.TyperException as e:  # typer vendors click: its usage errors are not click's classes
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        fail(message.splitlines()[0] if message else type(e).__name__, getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130)
