@@ -191,3 +191,30 @@ def test_fuzzed_token_ids_never_raise(tok, raw):
     for call in parsed.tool_calls:
         assert isinstance(json.loads(call.arguments), dict)
     assert parsed.to_message()["role"] == "assistant"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(pieces, max_size=20), st.lists(st.sampled_from(["x", "xy", "STOP", "\n\n", "<|im"]), max_size=2))
+def test_stop_strings_cut_content_whatever_the_split(parts, stop):
+    text = "".join(parts)
+    whole = parse_output(text, stop=stop)
+    parser = OutputParser(stop=stop)
+    streamed = []
+    for p in parts:
+        streamed += parser.feed_text(p)
+    more, final = parser.finish()
+    assert final == whole
+    content = "".join(d.text for d in streamed + more if d.kind == "content")
+    assert content == (whole.content or "") or (whole.content is None and content.isspace())
+    assert not any(s in (whole.content or "") for s in stop)
+
+
+def test_stop_string_examples():
+    parsed = parse_output("<think>a STOP b</think>one STOP two", stop=["STOP"])
+    assert (parsed.reasoning, parsed.content) == ("a STOP b", "one ")
+    parser = OutputParser(stop=["STOP"])
+    assert [d.text for d in parser.feed_text("</think>one ST")] == ["one "]  # "ST" held back
+    assert [d.text for d in parser.feed_text("OP")] == [] and parser.stopped
+    parser = OutputParser(stop=["STOP"])
+    parser.feed_text("</think>ends with ST")
+    assert parser.finish()[1].content == "ends with ST"  # released at the end

@@ -13,6 +13,8 @@ was already detokenised with specials kept, and recognises the marker strings in
 Malformed output never raises: an unclosed section, a bad call header, arguments that are not a JSON
 object, or output cut by max_tokens turn the whole tool section back into content, raw text kept.
 Text after `<|tool_calls_section_end|>` is dropped (as vLLM does).
+Stop strings (SamplingParams.stop) are matched on the content only: content that could be the start
+of a stop string is held back until it is decided, and a match ends the answer before the string.
 """
 from __future__ import annotations
 
@@ -76,8 +78,11 @@ class OutputParser:
     `finish()` returns the last deltas and the ParsedOutput (the concatenation of what was streamed,
     except that a malformed tool section comes back as content and whitespace-only content is None)."""
 
-    def __init__(self, tokenizer: Tokenizer | None = None, *, thinking: bool = True):
+    def __init__(self, tokenizer: Tokenizer | None = None, *, thinking: bool = True, stop: Iterable[str] = ()):
         self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.stopped = False  # a stop string matched: the answer is over
+        self._held = ""  # content that may be the start of a stop string
         self.state: State = "reasoning" if thinking else "content"
         self._decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
         self._pending_text = ""  # feed_text: tail that may be the start of a marker
@@ -99,8 +104,9 @@ class OutputParser:
         out: list[Delta] = []
         for token_id in ids:
             if self.tokenizer.is_special(token_id):
+                name = self.tokenizer.token_bytes(token_id).decode()  # out-of-vocabulary ids raise here
                 out += self.feed_plain(self._decoder.flush())
-                out += self.feed_marker(self.tokenizer.special_names[token_id])
+                out += self.feed_marker(name)
             else:
                 out += self.feed_plain(self._decoder.push(token_id))
         return out
@@ -126,8 +132,16 @@ class OutputParser:
         s = self.state
         if s == "done":
             return []
+        pre = self._release_held() if s == "content" and name in (IM_END, EOS, TOOL_CALLS_SECTION_BEGIN) else []
+        return pre + self._marker(name) if pre else self._marker(name)
+
+    def _marker(self, name: str) -> list[Delta]:
+        s = self.state
+        if s == "done":
+            return []
         if name in (IM_END, EOS):
             out = self._close_section("the tool section was not closed") if s in ("section", "call_id", "call_args") else []
+            out += self._release_held()
             self.state = "done"
             return out
         if s == "reasoning":
@@ -210,6 +224,7 @@ class OutputParser:
             out += self.feed_plain(pending)
         if self.state in ("section", "call_id", "call_args"):
             out += self._close_section("the output ended inside the tool section")
+        out += self._release_held()
         self.state = "done"
         return out, self.result()
 
@@ -227,8 +242,31 @@ class OutputParser:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _emit(self, kind: str, text: str) -> list[Delta]:
+        if kind == "content" and self.stop:
+            text = self._check_stop(text)
+            if not text:
+                return []
         (self._reasoning if kind == "reasoning" else self._content).append(text)
         return [Delta(kind, text=text)]
+
+    def _check_stop(self, text: str) -> str:
+        """Returns the content that is safe to emit; holds back a possible stop-string start."""
+        buf = self._held + text
+        hits = [i for i in (buf.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self._held, self.stopped, self.state = "", True, "done"
+            return buf[:min(hits)]
+        keep = max((n for s in self.stop for n in range(min(len(s) - 1, len(buf)), 0, -1)
+                    if s.startswith(buf[len(buf) - n:])), default=0)
+        self._held = buf[len(buf) - keep:] if keep else ""
+        return buf[:len(buf) - keep]
+
+    def _release_held(self) -> list[Delta]:
+        held, self._held = self._held, ""
+        if not held:
+            return []
+        self._content.append(held)
+        return [Delta("content", text=held)]
 
     def _open_section(self, marker: str) -> list[Delta]:
         self.state = "section"
@@ -252,10 +290,10 @@ class OutputParser:
 
 
 def parse_output(output: str | Iterable[int], tokenizer: Tokenizer | None = None, *,
-                 thinking: bool = True) -> ParsedOutput:
+                 thinking: bool = True, stop: Iterable[str] = ()) -> ParsedOutput:
     """Non-streaming parse of a whole answer: token ids (needs `tokenizer`) or text decoded with
     special tokens kept. Never raises on malformed output."""
-    parser = OutputParser(tokenizer, thinking=thinking)
+    parser = OutputParser(tokenizer, thinking=thinking, stop=stop)
     if isinstance(output, str):
         parser.feed_text(output)
     else:
