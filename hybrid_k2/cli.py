@@ -95,6 +95,41 @@ def info_cmd(
     print_info(model)
 
 
+@app.command("serve")
+def serve_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HYBRID_K2_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    served_model_name: str = typer.Option("kimi-k2-thinking", "--served-model-name", help="Model id clients send."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
+    max_queue: int = typer.Option(16, "--max-queue", help="Requests waiting behind the running one before 429."),
+    max_body_bytes: int = typer.Option(32 * 2**20, "--max-body-bytes", help="Largest request body (413 above)."),
+    prefix_cache_tokens: int = typer.Option(65536, "--prefix-cache-tokens",
+                                            help="Tokens of KV cache kept for reuse across requests (0: off)."),
+    prefix_cache_sessions: int = typer.Option(8, "--prefix-cache-sessions", help="Conversations kept cached."),
+    thinking_token_budget: Optional[int] = typer.Option(None, "--thinking-token-budget",
+                                                        help="Default cap on reasoning tokens (none: unbounded)."),
+    reasoning_field: str = typer.Option("reasoning_content", "--reasoning-field",
+                                        help="reasoning_content | reasoning | both (newer vLLM clients read 'reasoning')."),
+    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+) -> None:
+    """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+    from hybrid_k2.serve.engine import ServeConfig
+    from hybrid_k2.serve.server import run_server
+
+    config = ServeConfig(served_model_name=served_model_name, max_model_len=max_model_len,
+                         cache_tokens=prefix_cache_tokens, cache_sessions=prefix_cache_sessions,
+                         thinking_token_budget=thinking_token_budget, reasoning_field=reasoning_field)
+    run_server(model=model, host=host, port=port, api_key=api_key, config=config, max_queue=max_queue,
+               max_body_bytes=max_body_bytes, device=device, precision=precision, threads=threads,
+               log_level=log_level)
+
+
 def main() -> None:
     import click
 

@@ -1,8 +1,13 @@
-"""Per-request logits constraints, composed: the llguidance grammar and K2's thinking budget.
+"""The per-request logits constraint handed to hybrid_k2.chat.generate: grammar AND banned ids, then
+the thinking budget as a preference.
 
-Each constraint answers `allowed()` (a bool mask over the logits, or None for "anything") before a
-token is sampled and is told the sampled token by `accept(id)`. `Constraints` ANDs them; when the AND
-is empty the grammar wins (the budget is a preference, the grammar a promise).
+generate() asks `mask(generated_ids)` for the allowed tokens before each sample and tells
+`accept(id)` every generated token. With a grammar active the server enforces the thinking budget
+here rather than through SamplingParams.thinking_budget: generate forces `</think>` the moment the
+budget is spent, which can be in the middle of a UTF-8 character (a byte-level BPE token ends
+mid-character), where no grammar engine can accept it (llguidance only matches valid UTF-8). Here
+the budget is ANDed with the grammar's mask and yields while the AND is empty, so `</think>` comes
+one or two tokens later, on the character boundary (llama.cpp's reasoning budget waits the same way).
 """
 from __future__ import annotations
 
@@ -11,19 +16,18 @@ from typing import Optional, Protocol, Sequence
 import torch
 
 
-class Constraint(Protocol):
+class Preference(Protocol):
     def allowed(self) -> Optional[torch.Tensor]: ...  # [V] bool, or None
 
-    def accept(self, token_id: int) -> bool: ...
+    def accept(self, token_id: int) -> None: ...
 
 
 class ThinkingBudget:
-    """Forces `</think>` once the reasoning part has used `budget` tokens.
+    """Asks for `</think>` once the reasoning part has used `budget` tokens.
 
-    K2 thinks first: its reply opens with `<think>` (or goes straight into reasoning text), and the
-    reasoning ends at `</think>` or at `<|tool_calls_section_begin|>` (kimi-k2-format.md 6.1). The
-    opening `<think>` does not count against the budget.
-    """
+    Counted like hybrid_k2.chat.generate counts reasoning_tokens: tokens generated while the answer is
+    in reasoning, the opening `<think>` excluded; reasoning ends at `</think>` or where the tool section
+    begins (kimi-k2-format.md 6.1)."""
 
     def __init__(self, budget: int, *, think_id: int, think_end_id: int, section_begin_id: int, logits_size: int):
         self.budget = budget
@@ -35,53 +39,48 @@ class ThinkingBudget:
     def allowed(self) -> Optional[torch.Tensor]:
         if not self.in_reasoning or self.used < self.budget:
             return None
-        mask = torch.zeros(self.logits_size, dtype=torch.bool)
+        mask = torch.zeros(self.logits_size, dtype=torch.bool)  # [V]
         mask[self.think_end_id] = True
         return mask
 
-    def accept(self, token_id: int) -> bool:
+    def accept(self, token_id: int) -> None:
         if not self.in_reasoning:
-            return True
+            return
         if token_id in (self.think_end_id, self.section_begin_id):
             self.in_reasoning = False
         elif token_id != self.think_id:
             self.used += 1
-        return True
 
 
 class Constraints:
-    """Grammar first, then preferences; `mask_(logits)` applies the combined mask in place."""
-
-    def __init__(self, grammar=None, preferences: Sequence[Constraint] = ()):
-        self.grammar = grammar
+    def __init__(self, grammar=None, preferences: Sequence[Preference] = (), *, banned: Sequence[int] = (),
+                 logits_size: int = 0):
+        self.grammar = grammar  # a grammar.GrammarConstraint or None
         self.preferences = list(preferences)
+        self._ban = None
+        if banned:
+            self._ban = torch.ones(logits_size, dtype=torch.bool)  # [V]
+            self._ban[list(banned)] = False
 
     def __bool__(self) -> bool:
-        return self.grammar is not None or bool(self.preferences)
+        return self.grammar is not None or self._ban is not None or bool(self.preferences)
 
-    def allowed(self) -> Optional[torch.Tensor]:
-        base = self.grammar.allowed() if self.grammar is not None else None
+    def mask(self, generated_ids: Sequence[int] = ()) -> Optional[torch.Tensor]:
+        """Allowed next tokens, bool [V], or None for no restriction."""
+        allowed = self.grammar.allowed() if self.grammar is not None else None
+        if self._ban is not None:
+            allowed = self._ban if allowed is None else allowed & self._ban
         for pref in self.preferences:
             extra = pref.allowed()
             if extra is None:
                 continue
-            combined = extra if base is None else base & extra
-            if bool(combined.any()):
-                base = combined
-        return base
-
-    def mask_(self, logits: torch.Tensor) -> torch.Tensor:  # [V] float32, in place
-        allowed = self.allowed()
-        if allowed is not None:
-            n = min(allowed.shape[0], logits.shape[-1])
-            logits[..., n:] = float("-inf")
-            logits[..., :n].masked_fill_(~allowed[:n], float("-inf"))
-        return logits
+            combined = extra if allowed is None else allowed & extra
+            if bool(combined.any()):  # else the grammar cannot take it yet: it waits
+                allowed = combined
+        return allowed
 
     def accept(self, token_id: int) -> bool:
-        ok = True
-        if self.grammar is not None:
-            ok = self.grammar.accept(token_id)
+        ok = self.grammar.accept(token_id) if self.grammar is not None else True
         for pref in self.preferences:
             pref.accept(token_id)
         return ok

@@ -122,16 +122,14 @@ def _lark_str(text: str) -> str:
 _THINK = "think: <think>? REASONING </think>\nREASONING: /(?s:.*)/\n"
 
 
-def json_grammar(schema: Optional[dict[str, Any]]) -> str:
-    """Reasoning, `</think>`, then one JSON value valid for `schema` (None: any JSON object)."""
-    return "start: think body\n" + _THINK + "body: " + _json_directive(schema) + "\n"
+def _json_answer(schema: Optional[dict[str, Any]]) -> list[str]:
+    return ["json_answer: " + _json_directive(schema)]
 
 
-def tool_calls_grammar(tools: Sequence[ToolSpec], *, first_index: int, max_calls: int) -> str:
-    """Reasoning (optional) then a K2 tool-call section with 1..max_calls calls of the given tools."""
+def _tool_section(tools: Sequence[ToolSpec], first_index: int, max_calls: int) -> list[str]:
     if not tools:
         raise GrammarError("tool_choice needs at least one tool")
-    lines = ["start: think? body", _THINK, "body: <|tool_calls_section_begin|> call_0 <|tool_calls_section_end|>"]
+    lines = ["tool_section: <|tool_calls_section_begin|> call_0 <|tool_calls_section_end|>"]
     for i in range(max_calls):
         idx = first_index + i
         alts = " | ".join(f"{_lark_str(f'functions.{t.name}:{idx}')} <|tool_call_argument_begin|> args_{j}"
@@ -140,7 +138,24 @@ def tool_calls_grammar(tools: Sequence[ToolSpec], *, first_index: int, max_calls
         lines.append(f"call_{i}: <|tool_call_begin|> ({alts}) <|tool_call_end|>{more}")
     for j, t in enumerate(tools):
         lines.append(f"args_{j}: " + _json_directive(t.parameters))
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def json_grammar(schema: Optional[dict[str, Any]]) -> str:
+    """Reasoning, `</think>`, then one JSON value valid for `schema` (None: any JSON object)."""
+    return "\n".join(["start: think json_answer", _THINK] + _json_answer(schema)) + "\n"
+
+
+def tool_calls_grammar(tools: Sequence[ToolSpec], *, first_index: int, max_calls: int) -> str:
+    """Reasoning (optional) then a K2 tool-call section with 1..max_calls calls of the given tools."""
+    return "\n".join(["start: think? tool_section", _THINK] + _tool_section(tools, first_index, max_calls)) + "\n"
+
+
+def json_or_tool_calls_grammar(schema: Optional[dict[str, Any]], tools: Sequence[ToolSpec], *,
+                               first_index: int, max_calls: int) -> str:
+    """tool_choice auto with a response_format: either a JSON answer or a tool-call section."""
+    return "\n".join(["start: think json_answer | think? tool_section", _THINK] + _json_answer(schema)
+                     + _tool_section(tools, first_index, max_calls)) + "\n"
 
 
 # --- compiling and running -------------------------------------------------------------------------

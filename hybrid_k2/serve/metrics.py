@@ -38,10 +38,10 @@ class Metrics:
     def record_generation(self, *, prompt: int, cached: int, completion: int, reasoning: int,
                           prefill_s: float, decode_s: float, mask_s: float, cancelled: bool) -> None:
         with self._lock:
+            self.reasoning_tokens += reasoning
             self.prompt_tokens += prompt
             self.cached_tokens += cached
             self.completion_tokens += completion
-            self.reasoning_tokens += reasoning
             ran = prompt - cached
             self.prefill_tokens += ran
             self.prefill_seconds += prefill_s

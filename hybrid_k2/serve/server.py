@@ -1,0 +1,56 @@
+"""Starts uvicorn on the app: what `hybrid-k2 serve` runs."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from hybrid_k2.errors import HybridK2Error
+from hybrid_k2.serve.engine import ServeConfig, load_engine
+
+REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional[str], config: ServeConfig,
+               max_queue: int, max_body_bytes: int, device: str, precision: str, threads: Optional[int],
+               log_level: str = "info") -> None:
+    import torch
+    import uvicorn
+
+    from hybrid_k2.serve.app import create_app
+
+    if not 0 <= port <= 65535:
+        raise HybridK2Error(f"port must be 0..65535, got {port}")
+    if config.reasoning_field not in REASONING_FIELDS:
+        raise HybridK2Error(f"--reasoning-field must be one of {', '.join(REASONING_FIELDS)}")
+    if max_queue < 0 or max_body_bytes < 1024:
+        raise HybridK2Error("--max-queue must be >= 0 and --max-body-bytes >= 1024")
+    if config.max_model_len is not None and config.max_model_len < 2:
+        raise HybridK2Error("--max-model-len must be at least 2")
+    if threads:
+        torch.set_num_threads(threads)
+    if not _is_loopback(host) and not api_key:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = load_engine(model, config, device=device, precision=precision)
+    if config.max_model_len and config.max_model_len > engine.model.args.max_position_embeddings:
+        raise HybridK2Error(f"--max-model-len {config.max_model_len} exceeds the model's context of "
+                            f"{engine.model.args.max_position_embeddings}")
+    app = create_app(engine, api_key=api_key, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    print(f"serving {config.served_model_name} from {engine.model.path} on http://{host}:{port}/v1 "
+          f"(context {engine.max_model_len} tokens)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                timeout_keep_alive=30)
