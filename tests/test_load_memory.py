@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 SCRIPT = r"""
-import json, resource, sys, psutil, torch
+import json, sys, psutil, torch
 import hybrid_k2, hybrid_k2.api
 proc = psutil.Process()
 before = proc.memory_info().rss
 model = hybrid_k2.load(sys.argv[1], precision="fast", progress=False)
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # peak growth
+# VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak across exec)
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+grown = hwm - before
 stores = [l.mlp.experts.store for l in model.net.model.layers if hasattr(l.mlp, "experts")]
 kept = sum(s.nbytes for s in stores) + sum(p.numel() * p.element_size() for p in model.net.parameters())
 print(json.dumps({"grown": grown, "kept": kept}))
