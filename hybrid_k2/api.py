@@ -32,6 +32,10 @@ class Model:
         self.args, self.net, self.path, self.precision = args, net, path, precision
         self.findings = findings
         self.device = net.device
+        # What runs a step: the hybrid runtime (scheduler + executor, hybrid_k2.runtime) or the plain
+        # module forward; both take (ids, caches, start) and offer hidden / lm_head.
+        self.runtime = None
+        self.runner = net
 
     def new_session(self, max_len: int | None = None) -> "Session":
         return Session(self, max_len or self.args.max_position_embeddings)
@@ -82,10 +86,10 @@ class Session:
             start = len(self.tokens)
             t = torch.tensor(chunk, dtype=torch.long)
             if last_only:
-                h = self.model.net.hidden(t, self.caches, start)[-1:]
-                logits = self.model.net.lm_head(h).float()
+                h = self.model.runner.hidden(t, self.caches, start)[-1:]
+                logits = self.model.runner.lm_head(h).float()
             else:
-                logits = self.model.net(t, self.caches, start)
+                logits = self.model.runner(t, self.caches, start)
             self.tokens.extend(chunk)
             out.append(logits)
         return out[-1] if last_only else torch.cat(out)
@@ -95,18 +99,24 @@ class Session:
         """Appends one token; returns fp32 logits [V] for the next position."""
         self._check([token_id])
         start = len(self.tokens)
-        logits = self.model.net(torch.tensor([token_id], dtype=torch.long), self.caches, start)
+        logits = self.model.runner(torch.tensor([token_id], dtype=torch.long), self.caches, start)
         self.tokens.append(token_id)
         return logits[0]
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu", precision: str = "exact",
          progress: bool | None = None,
-         expert_store: Callable[[int, int, int, int], object] | None = None) -> Model:
+         expert_store: Callable[[int, int, int, int], object] | None = None,
+         runtime: "RuntimeConfig | None" = None, gpu_mem: int | str | None = None,
+         ram: int | str | None = None) -> Model:
     """Reads config.json and the weights (tokenizer files are optional) and builds a Model.
 
     expert_store(layer, num_experts, hidden, intermediate) makes the container one layer's routed
-    experts are loaded into (default: the checkpoint layout, run by the pure-torch reference).
+    experts are loaded into (default: the runtime's choice: the C++ kernels' PackedExperts when built,
+    else the checkpoint layout run by the pure-torch reference).
+    runtime: placement, threads, overlap, deferral... (hybrid_k2.runtime.RuntimeConfig; default: the
+    hybrid executor with the K2 placement). gpu_mem / ram: memory budget (e.g. "24GiB"; default:
+    what is free); the memory plan is checked before any weight is read.
     """
     if precision not in PRECISIONS:
         raise HybridK2Error(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -123,13 +133,28 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", precision: str
     if precision == "exact" and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    make_store = expert_store or (lambda layer, E, D, I: Int4ExpertStore(E, D, I))
+    from hybrid_k2.runtime import RuntimeConfig
+    from hybrid_k2.runtime.runtime import prepare
+
+    config = runtime or RuntimeConfig()
+    if gpu_mem is not None or ram is not None:
+        config = config.replace(gpu_mem=gpu_mem if gpu_mem is not None else config.gpu_mem,
+                                ram=ram if ram is not None else config.ram)
+    prepared = prepare(args, config, device=device, precision=precision)  # refuses a plan that does not fit
+    make_store = expert_store or prepared.store_factory()
     stores = {layer: make_store(layer, args.n_routed_experts, args.hidden_size, args.moe_intermediate_size)
               for layer in range(args.num_hidden_layers) if args.is_moe_layer(layer)}
+    if expert_store is not None:  # the caller's stores decide which backend can run them
+        prepared.backend = ("reference" if all(isinstance(s, Int4ExpertStore) for s in stores.values())
+                            else "kernel")
     net = KimiK2(args, stores, device, dtype)
     try:
-        findings = Loader(reader, args, device=device, dtype=dtype, progress=progress).load(net, stores)
+        findings = Loader(reader, args, device=device, dtype=dtype, progress=progress,
+                          placement=prepared.placement).load(net, stores)
     finally:
         reader.close()
     net.eval()
-    return Model(args, net, path, precision, findings)
+    model = Model(args, net, path, precision, findings)
+    model.runtime = prepared.attach(net, stores)
+    model.runner = model.runtime
+    return model

@@ -130,6 +130,53 @@ def serve_cmd(
                log_level=log_level)
 
 
+@app.command("plan")
+def plan_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder or config.json (no weights needed)."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory budget, e.g. 24GiB."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Host RAM budget, e.g. 1TiB."),
+    ctx: int = typer.Option(131072, "--ctx", help="Context length the plan must hold."),
+    precision: str = typer.Option("fast", help="fast (bf16 on the GPU) or exact (fp32)."),
+    device: str = typer.Option("cuda", help="cuda (GPU classes on the GPU) or cpu (everything in RAM)."),
+    place: Optional[list[str]] = typer.Option(None, "--place", help="PATTERN=cpu|device|device-int8 (repeatable)."),
+    gpu_experts: int = typer.Option(0, "--gpu-experts", help="Hot experts per layer kept on the GPU."),
+    expert_counts: Optional[Path] = typer.Option(None, "--expert-counts", help="File from profile-experts."),
+    prefill_chunk: int = typer.Option(512, "--prefill-chunk", help="Prompt tokens per forward."),
+    device_prefill_threshold: Optional[int] = typer.Option(None, "--device-prefill-threshold",
+                                                           help="Stream experts to the GPU above this many tokens."),
+    output: str = typer.Option("table", "--output", help="table | json"),
+) -> None:
+    """What goes where and how many bytes (GPU weights, KV, activations, experts in RAM), before loading."""
+    from hybrid_k2.runtime.report import plan_for, print_plan
+    from hybrid_k2.tiny import demo_model_path
+
+    if output not in ("table", "json"):
+        fail(f"--output must be table or json, got {output!r}")
+    path = model if model is not None else demo_model_path()
+    plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, ctx=ctx, precision=precision, device=device, place=place,
+                    gpu_experts=gpu_experts, expert_counts=str(expert_counts) if expert_counts else None,
+                    prefill_chunk=prefill_chunk, device_prefill_threshold=device_prefill_threshold)
+    print_plan(plan, output=output, model=path)
+
+
+@app.command("profile-experts")
+def profile_experts_cmd(
+    prompts: Path = typer.Option(..., "--prompts", help="Text (one prompt per line) or JSON lines."),
+    out: Path = typer.Option(..., "--out", help="Counts file to write (read by --gpu-experts)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
+    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    precision: str = typer.Option("exact", help="exact or fast."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Use at most this many tokens per prompt."),
+) -> None:
+    """Per-layer routing counts over prompts: which experts are hot."""
+    from hybrid_k2.runtime.profile import profile_experts
+    from hybrid_k2.tiny import demo_model_path
+
+    data = profile_experts(model if model is not None else demo_model_path(), prompts, out, device=device,
+                           precision=precision, max_tokens=max_tokens)
+    typer.echo(f"wrote {out}: {data['tokens']} tokens over {data['prompts']} prompts, {len(data['counts'])} MoE layers")
+
+
 def main() -> None:
     import click
 

@@ -1,0 +1,128 @@
+"""Runtime: what hybrid_k2.load attaches to a Model, in two steps around the weight loading.
+
+  prepared = prepare(args, config, device=..., precision=...)   # before any weight is read:
+        resolves the placement, picks the experts backend, checks the memory plan (refuses in one line)
+  runtime = prepared.attach(net, stores)                         # after loading:
+        hot experts to the device, CPU job queue, scheduler + executor
+
+Session calls runtime.hidden / runtime(...) / runtime.lm_head exactly as it would call KimiK2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hybrid_k2.config import ModelArgs
+from hybrid_k2.profiling import NullTimer, PhaseTimer
+from hybrid_k2.runtime.config import RuntimeConfig
+from hybrid_k2.runtime.cpu_experts import CpuExperts, choose_backend, make_store_factory
+from hybrid_k2.runtime.device_experts import DeviceExperts, ExpertStreamer
+from hybrid_k2.runtime.executor import Executor
+from hybrid_k2.runtime.machine import available_gpu_memory, available_ram, detect
+from hybrid_k2.runtime.placement import ResolvedPlacement, resolve
+from hybrid_k2.runtime.planner import Plan, PlanOptions, check_plan, make_plan
+from hybrid_k2.runtime.scheduler import Scheduler, SchedulerConfig
+from hybrid_k2.runtime.transfer import Transfer
+
+DEFAULT_CHECK_CTX = 4096
+DEFAULT_PREFILL_CHUNK = 512  # hybrid_k2.api.PREFILL_CHUNK: what the planner assumes per forward
+
+
+@dataclass
+class Prepared:
+    args: ModelArgs
+    config: RuntimeConfig
+    placement: ResolvedPlacement
+    backend: str
+    plan: Plan
+    device: torch.device
+    precision: str
+
+    def store_factory(self):
+        return make_store_factory(self.backend)
+
+    def attach(self, net, stores: dict[int, object]) -> "Runtime":
+        return Runtime(net, stores, self)
+
+
+def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.device, precision: str) -> Prepared:
+    config = config or RuntimeConfig()
+    device = torch.device(device)
+    backend = choose_backend(config.experts_backend)
+    hot = config.hot_experts({L: args.n_routed_experts for L in range(args.num_hidden_layers) if args.is_moe_layer(L)})
+    placement = resolve(args, config.placement, hot)
+    gpu_mem = config.gpu_mem if config.gpu_mem is not None else available_gpu_memory(device)
+    ram = config.ram if config.ram is not None else available_ram()
+    ctx = config.ctx or min(DEFAULT_CHECK_CTX, args.max_position_embeddings)
+    options = PlanOptions(gpu_mem=gpu_mem or None, ram=ram or None, ctx=ctx, precision=precision,
+                          device="cuda" if device.type == "cuda" else "cpu",
+                          cuda_graphs=config.cuda_graphs and device.type == "cuda",
+                          prefill_chunk=config.prefill_chunk or DEFAULT_PREFILL_CHUNK,
+                          stream_chunk=config.stream_chunk,
+                          device_prefill=config.device_prefill_threshold is not None)
+    plan = make_plan(args, placement, options)
+    check_plan(plan)
+    return Prepared(args, config, placement, backend, plan, device, precision)
+
+
+class Runtime:
+    def __init__(self, net, stores: dict[int, object], prepared: Prepared):
+        self.net, self.stores, self.prepared = net, stores, prepared
+        self.config, self.args = prepared.config, prepared.args
+        self.timer: PhaseTimer = NullTimer()
+        self.threads = self.config.cpu_threads or detect().default_threads
+        self.backend = prepared.backend
+        self.transfer = Transfer(net.device)
+        self.cpu = CpuExperts(stores, backend=self.backend, precision=prepared.precision, threads=self.threads,
+                              timer=self.timer)
+        hot = prepared.placement.device_experts
+        self.device_experts = DeviceExperts(stores, hot, net.device) if hot else None
+        self.streamer = (ExpertStreamer(stores, self.transfer, self.config.stream_chunk)
+                         if self.config.device_prefill_threshold is not None else None)
+        a = self.args
+        self.scheduler = Scheduler(SchedulerConfig(
+            num_layers=a.num_hidden_layers, first_moe_layer=a.first_k_dense_replace, top_k=a.num_experts_per_tok,
+            overlap=self.config.overlap, defer_experts=self.config.defer_experts,
+            device_prefill_threshold=self.config.device_prefill_threshold, device_experts=hot))
+        self.executor = Executor(net, self.scheduler, self.cpu, self.transfer, device_experts=self.device_experts,
+                                 streamer=self.streamer, timer=self.timer, prefill_chunk=self.config.prefill_chunk)
+        if self.backend == "kernel":  # the plain module forward must run with the kernel's stores too
+            for layer in net.model.layers:
+                if hasattr(layer.mlp, "experts"):
+                    layer.mlp.experts.impl = self._module_impl(layer.layer)
+        self.runner = self.executor if self.config.executor == "hybrid" else net
+
+    def _module_impl(self, layer: int):
+        def impl(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+            xf = x.float().cpu().contiguous()  # [T, D]
+            out = torch.empty_like(xf)
+            self.cpu.compute(layer, xf, ids.to("cpu", torch.int32), weights.float().cpu(), out)
+            return out.to(x.device)
+        return impl
+
+    # -- what Session calls -------------------------------------------------------------------------
+    def hidden(self, ids: torch.Tensor, caches, start: int) -> torch.Tensor:
+        return self.runner.hidden(ids, caches, start)
+
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.runner.lm_head(h).float()
+
+    def __call__(self, ids: torch.Tensor, caches, start: int) -> torch.Tensor:
+        return self.runner(ids, caches, start)
+
+    # -- measurement --------------------------------------------------------------------------------
+    def set_timer(self, timer: PhaseTimer | None) -> None:
+        """Phases of every step go to `timer` (executor spans, and cpu_experts from the worker)."""
+        self.timer = timer or NullTimer()
+        self.executor.timer = self.cpu.timer = self.timer
+
+    def describe(self) -> str:
+        p = self.prepared
+        return (f"executor={self.config.executor} experts={self.backend} threads={self.threads} "
+                f"overlap={self.config.overlap} defer={self.config.defer_experts} "
+                f"gpu_experts={p.placement.n_device_experts} int8_linears={len(p.placement.int8_linears)} "
+                f"device_prefill_threshold={self.config.device_prefill_threshold}")
+
+    def close(self) -> None:
+        self.cpu.close()
