@@ -50,6 +50,36 @@ def make_tiny_cmd(
     typer.echo(f"wrote {path}")
 
 
+@app.command("chat")
+def chat_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the random-weight demo model)."),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="JSON file with a list of tool declarations (OpenAI format)."),
+    builtin_tools: bool = typer.Option(False, "--builtin-tools", help="Declare and run the built-in tools (calculator)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the model's own)."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy; K2-Thinking is tuned for 1.0)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0: off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min_p x the top probability."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Tokens per answer, thinking included (default 4096; demo 128)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed for reproducible answers."),
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Force the end of thinking after N tokens."),
+    hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Start with the thinking hidden (/think on shows it)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="Context window in tokens (default: the model's)."),
+    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
+) -> None:
+    """Talk to the model in the terminal: streamed answers, thinking shown dimmed, tool calls, /help."""
+    from hybrid_k2.chat.repl import run_chat
+    from hybrid_k2.chat.sampling import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+                            max_tokens=max_tokens or (4096 if model is not None else 128),
+                            thinking_budget=thinking_budget)
+    raise SystemExit(run_chat(model, tools_file=tools, builtin_tools=builtin_tools, params=params, system=system,
+                              show_thinking=not hide_thinking, max_context=max_context, device=device,
+                              precision=precision))
+
+
 @app.command("bench")
 def bench_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the demo model)."),
