@@ -31,7 +31,7 @@ def make_tiny_cmd(
     seed: int = typer.Option(0, help="Random seed."),
     layers: int = typer.Option(3, help="Number of decoder layers (first one dense)."),
     experts: int = typer.Option(8, help="Routed experts per MoE layer."),
-    top_k: int = typer.Option(2, "--top-k", help="Experts per token."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token (default 2; 8 with --k2-shape)."),
     hidden: int = typer.Option(64, help="Hidden size (multiple of 32)."),
     moe_intermediate: int = typer.Option(32, "--moe-intermediate", help="Routed expert width (multiple of 32)."),
     n_group: int = typer.Option(1, "--n-group", help="Router groups."),

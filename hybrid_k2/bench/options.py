@@ -125,6 +125,10 @@ class BenchOptions:
         for ok, message in checks:
             if not ok:
                 raise BenchOptionError(message)
+        from hybrid_k2.api import PREFILL_CHUNK
+
+        if max(self.batches) > PREFILL_CHUNK:
+            raise BenchOptionError(f"--batch: at most {PREFILL_CHUNK} tokens per forward (the API's prefill chunk)")
 
     def test_names(self) -> list[str]:
         return ([f"pp{self.n_prompt}"] if self.n_prompt else []) + ([f"tg{self.n_gen}"] if self.n_gen else [])

@@ -96,7 +96,7 @@ def summary_lines(doc: dict) -> list[str]:
                    + (f"; at this run's expert efficiency {p['at_this_run_expert_efficiency_tok_s']:.1f} tok/s"
                       if p["at_this_run_expert_efficiency_tok_s"] is not None else ""))
         out += [f"  assumption: {a}" for a in p["assumptions"]]
-    return out
+    return out + [f"warning: {w}" for w in doc["warnings"]]
 
 
 def to_json(doc: dict) -> str:

@@ -122,6 +122,13 @@ def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: 
                           expert_efficiency=experts[0]["fraction_of_bandwidth"] if experts else None)
     bandwidth = [{"threads": t, **{k: v for k, v in bw.items() if k != "threads"}}
                  for t, bw in sorted(data.bandwidth.items())]
+    warnings = []
+    for r in roof:
+        bw = data.bandwidth[r["threads"]]
+        if r["fraction_of_ceiling"] > 1.0 and bw.get("cached"):
+            warnings.append(f"t{r['threads']} d{r['depth']}: this run beat the ceiling computed from the cached "
+                            f"bandwidth probe ({bw['read_gbps']:.1f} GB/s, {bw['measured_at']}): the probe ran on a "
+                            f"busier machine; re-run with --reprobe")
     return {
         "schema": SCHEMA_ID,
         "provenance": provenance,
@@ -139,4 +146,5 @@ def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: 
         "experts": experts,
         "roofline": roof,
         "projection": proj,
+        "warnings": warnings,
     }

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hybrid_k2.bench.instrument import Instrument
-from hybrid_k2.bench.options import BenchOptionError, BenchOptions
+from hybrid_k2.bench.options import BenchOptions
 from hybrid_k2.errors import HybridK2Error
 
 WARMUP_PROMPT = 32
@@ -85,13 +85,6 @@ def model_threads(model) -> int | None:
 def experts_backend(model) -> str:
     runtime = getattr(model, "runtime", None)
     return getattr(runtime, "backend", None) or "reference (plain module forward)"
-
-
-def check_batches(opts: BenchOptions) -> None:
-    from hybrid_k2.api import PREFILL_CHUNK
-
-    if max(opts.batches) > PREFILL_CHUNK:
-        raise BenchOptionError(f"--batch: at most {PREFILL_CHUNK} tokens per forward (the API's prefill chunk)")
 
 
 def touch_experts(model) -> int:
@@ -221,7 +214,6 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory) -> tup
     """Loads the model, probes bandwidth, measures every (threads, depth, batch); returns (data, model)."""
     from hybrid_k2.bench import probe
 
-    check_batches(opts)
     threads_list = opts.threads or (hardware["physical_cores"],)
     data = RunData()
     torch_threads = torch.get_num_threads()

@@ -4,7 +4,9 @@ Same config keys (incl. quantization_config), same tensor names and dtypes (bf16
 weight_packed, bf16 weight_scale, int32 weight_shape, fp32 e_score_correction_bias), shards named
 `model-0000N-of-00000M.safetensors` with a layer split across shards, the index, `tiktoken.model`,
 `tokenizer_config.json` and `generation_config.json`. Experts are quantised with compressed-tensors'
-own compressor. `--k2-shape` keeps the real K2 dimensions with fewer layers and experts.
+own compressor. `--k2-shape` keeps the real K2 dimensions (and top-8) with fewer layers and experts; its
+experts are random packed words (every nibble a uniform code in [-8, 7]) and random scales, and its bf16
+weights are drawn in bf16: quantising 7168 x 2048 floats would cost ~20x more, for noise anyway.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class TinySpec:
     seed: int = 0
     layers: int = 3
     experts: int = 8
-    top_k: int = 2
+    top_k: int | None = None  # None: 2, or min(8, experts) with k2_shape (K2's top-8)
     hidden: int = 64
     moe_intermediate: int = 32
     n_group: int = 1
@@ -49,6 +51,11 @@ class TinySpec:
     k2_shape: bool = False
     heads: int = 4
     shards: int = 3
+
+
+    def __post_init__(self):
+        if self.top_k is None:
+            object.__setattr__(self, "top_k", min(8, self.experts) if self.k2_shape else 2)
 
 
 def _dims(spec: TinySpec) -> dict:
@@ -131,6 +138,16 @@ def _int4_compress(w: torch.Tensor) -> dict[str, torch.Tensor]:
             "weight_shape": state["weight_shape"].to(torch.int32)}  # K2 stores weight_shape as int32
 
 
+def _int4_random(g: torch.Generator, out_features: int, in_features: int) -> dict[str, torch.Tensor]:
+    """Random INT4 weights (--k2-shape) with about the std rand() gives: each random byte is two nibbles
+    u = q + 8 of uniform codes q in [-8, 7] (std ~4.6), so the words need no packing step."""
+    packed = torch.randint(0, 256, (out_features, in_features // 2), generator=g, dtype=torch.uint8)
+    jitter = torch.rand(out_features, in_features // 32, generator=g) * 0.5 + 0.75  # [out, in/32]
+    scale = (jitter * (in_features ** -0.5 / 4.6)).to(torch.bfloat16)
+    return {"weight_packed": packed.view(torch.int32), "weight_scale": scale,  # [out, in/8], [out, in/32]
+            "weight_shape": torch.tensor([out_features, in_features], dtype=torch.int32)}
+
+
 def build_tensors(spec: TinySpec, cfg: dict):
     """Yields (name, tensor) in checkpoint order, layer by layer."""
     g = torch.Generator().manual_seed(spec.seed)
@@ -138,7 +155,9 @@ def build_tensors(spec: TinySpec, cfg: dict):
 
     def rand(*shape, std=None):
         std = std if std is not None else shape[-1] ** -0.5
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+        if spec.k2_shape:  # drawn in bf16: a third faster at K2 sizes
+            return torch.randn(*shape, generator=g, dtype=torch.bfloat16).mul_(std)
+        return torch.randn(*shape, generator=g).mul_(std).to(torch.bfloat16)
 
     def norm(n):
         return (1.0 + 0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)
@@ -168,7 +187,8 @@ def build_tensors(spec: TinySpec, cfg: dict):
         yield p + "mlp.gate.e_score_correction_bias", (0.05 * torch.randn(E, generator=g)).float()
         for e in range(E):
             for proj, shape in (("gate_proj", (I, D)), ("up_proj", (I, D)), ("down_proj", (D, I))):
-                for key, t in _int4_compress(rand(*shape)).items():
+                int4 = _int4_random(g, *shape) if spec.k2_shape else _int4_compress(rand(*shape))
+                for key, t in int4.items():
                     yield f"{p}mlp.experts.{e}.{proj}.{key}", t
         for proj, shape in (("gate_proj", (I, D)), ("up_proj", (I, D)), ("down_proj", (D, I))):
             yield f"{p}mlp.shared_experts.{proj}.weight", rand(*shape)
