@@ -97,8 +97,8 @@ def profile_experts(model_dir: str | Path, prompts: str | Path, out: str | Path,
                     precision: str = "exact", max_tokens: int | None = None) -> dict:
     import hybrid_k2
 
+    batches = read_prompts(prompts, Path(model_dir))  # bad prompts fail before the weights are read
     model = hybrid_k2.load(model_dir, device=device, precision=precision, progress=False)
-    batches = read_prompts(prompts, model.tokenizer_dir)
     counter = RoutingCounter(model.net)
     tokens = 0
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hybrid_k2.config import ModelArgs
+from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.profiling import NullTimer, PhaseTimer
 from hybrid_k2.runtime.config import RuntimeConfig
 from hybrid_k2.runtime.cpu_experts import CpuExperts, choose_backend, make_store_factory
@@ -49,6 +50,9 @@ class Prepared:
 def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.device, precision: str) -> Prepared:
     config = config or RuntimeConfig()
     device = torch.device(device)
+    if config.defer_experts >= args.num_experts_per_tok:
+        raise HybridK2Error(f"--defer-experts {config.defer_experts} must be below the model's top-k "
+                            f"({args.num_experts_per_tok})")
     backend = choose_backend(config.experts_backend)
     hot = config.hot_experts({L: args.n_routed_experts for L in range(args.num_hidden_layers) if args.is_moe_layer(L)})
     placement = resolve(args, config.placement, hot)
