@@ -36,7 +36,7 @@ def run_bench(opts) -> dict:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not show)
 
-    data, model = runner.run(opts, path, hw, progress)
+    data, model = runner.run(opts, path, hw, progress, show_progress=show)
     doc = result.build(opts, data, model, hw, hardware.provenance(), demo)
     out = sys.stdout
     if opts.output == "json":

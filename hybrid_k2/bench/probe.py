@@ -97,3 +97,20 @@ def bandwidth(cpu_model: str, threads: int, *, reprobe: bool = False) -> dict:
     except OSError:
         pass  # a read-only cache dir only costs a re-measure next time
     return {**result, "cached": False}
+
+
+def gpu_bandwidth(device: torch.device, *, size_mb: int = PROBE_MB, repeats: int = REPEATS) -> float | None:
+    """Device-memory bandwidth of a CUDA device in GB/s: best of `repeats` 1 GB device-to-device copies,
+    counted as read + write. None on other devices. (Not exercised on the CPU-only development machine.)"""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    src = torch.ones(size_mb * 10**6 // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9

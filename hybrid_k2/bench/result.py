@@ -107,7 +107,7 @@ def _headline(results: list[dict], kind: str) -> dict | None:
 def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: dict, demo: bool) -> dict:
     results = [result_row(m) for m in data.measurements]
     tg_rows = {(r["threads"], r["depth"]): r for r in results if r["kind"] == "tg"}
-    gpu_gbps = None  # no GPU bandwidth probe yet: a CUDA run reports the device side at host bandwidth
+    gpu_gbps = data.gpu_gbps
     breakdown, experts, roof = [], [], []
     for p in data.profiles:
         tg, bw = tg_rows[(p.threads, p.depth)], data.bandwidth[p.threads]
@@ -132,7 +132,8 @@ def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: 
     return {
         "schema": SCHEMA_ID,
         "provenance": provenance,
-        "hardware": {**hardware, "memory_bandwidth": bandwidth},
+        "hardware": {**hardware, "memory_bandwidth": bandwidth,
+                     "gpu": {**hardware["gpu"], "bandwidth_gbps": gpu_gbps} if hardware["gpu"] else None},
         "model": model_section(model, opts, demo, data),
         "settings": {"n_prompt": opts.n_prompt, "n_gen": opts.n_gen, "repetitions": opts.repetitions,
                      "depths": list(opts.depths), "batches": list(opts.batches),

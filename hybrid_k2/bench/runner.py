@@ -60,6 +60,7 @@ class RunData:
     measurements: list[Measurement] = field(default_factory=list)
     profiles: list[StepProfile] = field(default_factory=list)
     bandwidth: dict[int, dict] = field(default_factory=dict)  # threads -> probe result
+    gpu_gbps: float | None = None  # device-memory bandwidth when the device is a GPU
     instrument_mode: str = ""
     experts_backend: str = ""
     warmup_experts_touched: int = 0
@@ -210,7 +211,8 @@ def random_tokens(vocab_size: int, count: int, seed: int) -> list[int]:
     return [rng.randrange(vocab_size) for _ in range(count)]
 
 
-def run(opts: BenchOptions, model_path, hardware: dict, progress_factory) -> tuple[RunData, object]:
+def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
+        show_progress: bool = False) -> tuple[RunData, object]:
     """Loads the model, probes bandwidth, measures every (threads, depth, batch); returns (data, model)."""
     from hybrid_k2.bench import probe
 
@@ -223,7 +225,7 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory) -> tup
             torch.set_num_threads(threads)
             if model is None or model_threads(model) not in (None, threads):
                 model = None  # release the previous copy before loading the next
-                model = load_model(model_path, opts, threads, progress=bool(opts.progress))
+                model = load_model(model_path, opts, threads, progress=show_progress)
             need = max(opts.depths) + max(opts.n_prompt, opts.n_gen, 1) + 1
             if need > model.args.max_position_embeddings:
                 raise HybridK2Error(f"depth + test length ({need}) exceeds the model's context "
@@ -232,6 +234,8 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory) -> tup
             with progress_factory() as progress:
                 task = progress.add_task(f"memory bandwidth probe ({threads} threads)", total=None)
                 data.bandwidth[threads] = probe.bandwidth(hardware["cpu_model"], threads, reprobe=opts.reprobe)
+                if data.gpu_gbps is None:
+                    data.gpu_gbps = probe.gpu_bandwidth(model.device)
                 progress.remove_task(task)
                 Runner(opts, model, tokens, progress).sweep(threads, data)
             data.experts_backend = experts_backend(model)
