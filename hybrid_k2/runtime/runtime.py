@@ -96,6 +96,12 @@ class Runtime:
                 if hasattr(layer.mlp, "experts"):
                     layer.mlp.experts.impl = self._module_impl(layer.layer)
         self.runner = self.executor if self.config.executor == "hybrid" else net
+        self.graphs = None  # CUDA-graph decode: eager executor for what graphs do not cover (cuda_graph.py)
+        if (net.device.type == "cuda" and self.config.cuda_graphs and self.config.executor == "hybrid"
+                and not self.config.defer_experts and not hot):
+            from hybrid_k2.runtime.cuda_graph import GraphDecoder
+
+            self.graphs = GraphDecoder(self)
 
     def _module_impl(self, layer: int):
         def impl(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -113,6 +119,8 @@ class Runtime:
         return self.runner.lm_head(h).float()
 
     def __call__(self, ids: torch.Tensor, caches, start: int) -> torch.Tensor:
+        if self.graphs is not None and ids.shape[0] == 1:
+            return self.graphs.decode(ids, caches, start)
         return self.runner(ids, caches, start)
 
     # -- measurement --------------------------------------------------------------------------------
