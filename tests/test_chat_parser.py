@@ -80,7 +80,9 @@ def test_round_trip_on_token_ids(tok, message):
     deltas += more
     check_round_trip(message, final)
     assert "".join(d.text for d in deltas if d.kind == "reasoning") == (final.reasoning or "")
-    assert "".join(d.text for d in deltas if d.kind == "content") == (final.content or "")
+    streamed_content = "".join(d.text for d in deltas if d.kind == "content")
+    # whitespace-only content beside tool calls is streamed but final content is None (documented)
+    assert streamed_content == (final.content or "") or (final.content is None and streamed_content.isspace())
     starts = [d for d in deltas if d.kind == "tool_call"]
     assert [(d.index, d.id, d.name) for d in starts] == [(i, c.id, c.name) for i, c in enumerate(final.tool_calls)]
     for i, call in enumerate(final.tool_calls):

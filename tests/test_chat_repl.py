@@ -81,7 +81,7 @@ def test_multiline_input_commands_and_save_load(engine, tmp_path):
     assert saved["system"] == "Be brief." and saved["messages"] == repl.messages
 
     loaded, out = repl_with(engine, f"/load {conv}\n/load {tmp_path / 'missing.json'}\n/reset\n")
-    assert "loaded 8 messages" in out and "error: file not found" in out and loaded.messages == []
+    assert "loaded 8 messages" in out and "error: conversation file not found" in out and loaded.messages == []
     assert loaded.system == "Be brief." and len(loaded.session) == 0
     (tmp_path / "bad.json").write_text('{"messages": [{"content": "no role"}]}')
     _, out = repl_with(engine, f"/load {tmp_path / 'bad.json'}\n")
@@ -171,7 +171,7 @@ def test_bad_input_is_one_line(tmp_path, tiny_model, monkeypatch, capsys):
 
     (tmp_path / "tools.json").write_text("{not json")
     code, err = run("--model", str(tiny_model), "--tools", str(tmp_path / "tools.json"))
-    assert code == 1 and err.startswith("error: tools file") and "\n" not in err
+    assert code == 1 and err.startswith("error: corrupt tools file") and "\n" not in err
     (tmp_path / "tools.json").write_text('[{"type": "function", "function": {"description": "no name"}}]')
     code, err = run("--model", str(tiny_model), "--tools", str(tmp_path / "tools.json"))
     assert code == 1 and 'needs a "name"' in err and "\n" not in err

@@ -84,8 +84,6 @@ def _eval(node: ast.AST):
 def run_calculator(arguments: str) -> str:
     """The tool call: JSON arguments {"expression": ...} -> result text (errors are results too,
     so the model can see and fix them)."""
-    import json
-
     try:
         args = json.loads(arguments)
         value = calculate(args["expression"])

@@ -6,7 +6,6 @@ prefix (generate.prefill_with_reuse), so a new turn prefills only what changed.
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -15,8 +14,7 @@ from hybrid_k2.chat.context import FittedPrompt, answer_reserve, fit_prompt
 from hybrid_k2.chat.generate import GenerationEvent, TokenConstraint, generate
 from hybrid_k2.chat.sampling import SamplingParams
 from hybrid_k2.chat.template import ChatTemplate
-from hybrid_k2.chat.tokenizer import Tokenizer
-from hybrid_k2.errors import HybridK2Error
+from hybrid_k2.chat.tokenizer import Tokenizer, read_json
 
 
 class ChatEngine:
@@ -63,12 +61,7 @@ class ChatEngine:
 
 def generation_config_eos(model_dir: str | Path, vocab_size: int) -> frozenset[int]:
     """eos_token_id(s) from generation_config.json, if the file is there and sane."""
-    try:
-        config = json.loads((Path(model_dir) / "generation_config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return frozenset()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HybridK2Error(f"corrupt generation_config.json in {model_dir}: {str(e).splitlines()[0]}") from None
+    config = read_json(Path(model_dir) / "generation_config.json", "generation config", missing_ok=True)
     eos = config.get("eos_token_id") if isinstance(config, dict) else None
     ids = eos if isinstance(eos, list) else [eos]
     return frozenset(i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size)

@@ -4,7 +4,7 @@
 thread prints them and owns the keyboard, so Ctrl-C only sets the cancel event (the cache stays
 consistent: the loop stops between tokens) and the REPL goes on. Input uses the stdlib `readline`
 (history in the user cache dir). Model text is printed with control characters made visible, so an
-answer cannot send escape sequences to the terminal.
+answer cannot send escape sequences to the terminal (display.py).
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from hybrid_k2.chat.calculator import TOOL as CALCULATOR_TOOL, run_calculator
+from hybrid_k2.chat.display import StreamPrinter, Terminal, visible
 from hybrid_k2.chat.parser import ToolCall
 from hybrid_k2.chat.sampling import SamplingParams
 from hybrid_k2.chat.template import check_messages
+from hybrid_k2.chat.tokenizer import read_json
 from hybrid_k2.errors import HybridK2Error
 
 MAX_TOOL_ROUNDS = 8
@@ -38,23 +40,9 @@ HELP = """commands:
   /exit               leave (also Ctrl-D)
 input: end a line with \\ to continue it, or wrap several lines in \"\"\" ... \"\"\"; Ctrl-C stops an answer."""
 
-_VISIBLE = {c: chr(0x2400 + c) for c in range(32) if chr(c) not in "\n\t"}
-_VISIBLE.update({0x7F: "\u2421", **{c: "\ufffd" for c in range(0x80, 0xA0)}})
-
-
-def visible(text: str) -> str:
-    """Control characters (escape sequences!) shown as symbols; newlines and tabs kept."""
-    return text.translate(_VISIBLE)
-
-
 def load_tools(path: Path) -> list[dict]:
     """A JSON list of OpenAI tool declarations (or bare {"name", "description", "parameters"})."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HybridK2Error(f"tools file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HybridK2Error(f"tools file {path}: {str(e).splitlines()[0]}") from None
+    data = read_json(path, "tools file")
     if not isinstance(data, list):
         raise HybridK2Error(f"tools file {path}: expected a JSON list of tool declarations")
     tools = []
@@ -67,62 +55,6 @@ def load_tools(path: Path) -> list[dict]:
             raise HybridK2Error(f"tools file {path}: parameters of {fn['name']} must be a JSON schema object")
         tools.append({"type": "function", "function": fn})
     return tools
-
-
-class Terminal:
-    """Output side: colours when writing to a terminal (and NO_COLOR is unset)."""
-
-    def __init__(self, out: TextIO):
-        self.out = out
-        self.color = out.isatty() and not os.environ.get("NO_COLOR")
-
-    def write(self, text: str, style: str = "") -> None:
-        codes = {"dim": "\x1b[2m", "tool": "\x1b[36m", "error": "\x1b[31m"}
-        if self.color and style:
-            text = codes[style] + text + "\x1b[0m"
-        self.out.write(text)
-        self.out.flush()
-
-    def line(self, text: str = "", style: str = "") -> None:
-        self.write(text, style)
-        self.write("\n")
-
-
-class StreamPrinter:
-    """Prints one answer as it streams: thinking dimmed (or a short marker), then the answer."""
-
-    def __init__(self, term: Terminal, show_thinking: bool):
-        self.term, self.show_thinking = term, show_thinking
-        self.mode = ""  # "", "reasoning", "content", "tool"
-
-    def delta(self, d) -> None:
-        if d.kind == "reasoning":
-            if self.mode != "reasoning":
-                self.mode = "reasoning"
-                self.term.write("[thinking] " if self.show_thinking else "[thinking...]", "dim")
-            if self.show_thinking:
-                self.term.write(visible(d.text), "dim")
-        elif d.kind == "content":
-            if self.mode == "reasoning":
-                self.term.write("\n\n")
-            self.mode = "content"
-            self.term.write(visible(d.text))
-        elif d.kind == "tool_call":
-            self.term.write(("\n" if self.mode else "") + f"[tool call] {visible(d.name)} ", "tool")
-            self.mode = "tool"
-        elif d.kind == "tool_args":
-            self.term.write(visible(d.text), "tool")
-
-    def end(self, stats, cancelled: bool) -> None:
-        if cancelled:
-            self.term.write(" [stopped]", "dim")
-        self.term.line()
-        self.term.line(f"[{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached), "
-                       f"{stats.completion_tokens} generated ({stats.reasoning_tokens} thinking) | "
-                       f"prefill {stats.prefill_tokens_per_s:.1f} tok/s, decode {stats.decode_tokens_per_s:.1f} tok/s"
-                       f" | {stats.finish_reason}"
-                       + (f" | {stats.dropped_tool_outputs} old tool outputs hidden" if stats.dropped_tool_outputs else "")
-                       + "]", "dim")
 
 
 class Repl:
@@ -345,12 +277,7 @@ class Repl:
     def cmd_load(self, arg: str) -> None:
         if not arg:
             raise HybridK2Error("usage: /load FILE")
-        try:
-            data = json.loads(Path(arg).expanduser().read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise HybridK2Error(f"file not found: {arg}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise HybridK2Error(f"cannot read {arg}: {str(e).splitlines()[0]}") from None
+        data = read_json(Path(arg).expanduser(), "conversation file")
         messages = data.get("messages") if isinstance(data, dict) else data
         check_messages(messages)
         if isinstance(data, dict) and isinstance(data.get("system"), str):

@@ -252,13 +252,20 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-def read_tokenizer_config(path: Path) -> dict:
+def read_json(path: Path, what: str, *, missing_ok: bool = False):
+    """Parsed JSON file; a missing or broken file is one HybridK2Error line naming `what`."""
     try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise HybridK2Error(f"tokenizer config not found: {path}") from None
+        if missing_ok:
+            return None
+        raise HybridK2Error(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HybridK2Error(f"corrupt tokenizer config {path}: {str(e).splitlines()[0]}") from None
+        raise HybridK2Error(f"corrupt {what} {path}: {str(e).splitlines()[0]}") from None
+
+
+def read_tokenizer_config(path: Path) -> dict:
+    config = read_json(path, "tokenizer config")
     if not isinstance(config, dict):
         raise HybridK2Error(f"corrupt tokenizer config {path}: not a JSON object")
     if not isinstance(config.get("added_tokens_decoder", {}), dict):
