@@ -126,7 +126,10 @@ class Repl:
                 text = text[1:] if text.startswith("//") else text
                 if text.strip():
                     self.messages.append({"role": "user", "content": text})
-                    self.respond()
+                    try:
+                        self.respond()
+                    except KeyboardInterrupt:  # between answers (tool rounds, stats): back to the prompt
+                        self.term.line(" [interrupted]", "dim")
         finally:
             if history is not None:
                 history()
