@@ -26,18 +26,20 @@ CORPUS = ("The quick brown fox jumps over the lazy dog. It's 2024 and we've got 
 ORACLE_SPLIT = regex.compile(PAT_STR, flags=regex.V1)  # VERSION1 = `&&` is class intersection
 
 
-def oracle_encode(text: str, ranks: dict[bytes, int]) -> list[int]:
-    """Reference: split with Python's `regex`, then merge the lowest-ranked adjacent pair until none."""
-    ids = []
-    for piece in ORACLE_SPLIT.findall(text):
-        parts = [bytes([b]) for b in piece.encode()]
-        while len(parts) > 1:
-            best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], 1 << 60))
-            if parts[best] + parts[best + 1] not in ranks:
-                break
-            parts[best:best + 2] = [parts[best] + parts[best + 1]]
-        ids += [ranks[p] for p in parts]
-    return ids
+def bpe_piece(piece: str, ranks: dict[bytes, int]) -> list[int]:
+    """Reference BPE of one piece: merge the lowest-ranked adjacent pair until none is in the vocabulary."""
+    parts = [bytes([b]) for b in piece.encode()]
+    while len(parts) > 1:
+        best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], 1 << 60))
+        if parts[best] + parts[best + 1] not in ranks:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return [ranks[p] for p in parts]
+
+
+def oracle_encode(text: str, ranks: dict[bytes, int], split=ORACLE_SPLIT) -> list[int]:
+    """Reference: split with Python's `regex`, then BPE each piece."""
+    return [i for piece in split.findall(text) for i in bpe_piece(piece, ranks)]
 
 
 def write_tokenizer(path, ranks, named_offsets=K2_NAMED, eos="[EOS]"):
@@ -203,3 +205,18 @@ def test_make_tiny_tokenizer(tiny_model):
     ids = t.encode(text)
     assert ids == oracle_encode(text, t._enc._mergeable_ranks) and t.decode(ids) == text
     assert len(ids) < len(text.encode())  # the tiny vocabulary's merges apply
+
+
+def test_tiktoken_splits_with_class_intersection():
+    # Merges for every adjacent byte pair of the text: any piece boundary the split pattern draws
+    # shows up in the ids, so a pattern read without `&&` intersection gives different ids.
+    text = "Hello你好World a&b 1234567 x&&y"
+    raw = text.encode()
+    ranks = {bytes([b]): b for b in range(256)}
+    for a, b in zip(raw, raw[1:]):
+        ranks.setdefault(bytes([a, b]), len(ranks))
+    tok = Tokenizer(ranks, special_token_names(len(ranks), {}))
+    assert tok.encode(text) == oracle_encode(text, ranks)
+    wrong_split = regex.compile(PAT_STR, flags=regex.V0)  # V0: `&&` read as two literal '&'
+    assert wrong_split.findall(text) != ORACLE_SPLIT.findall(text)
+    assert tok.encode(text) != oracle_encode(text, ranks, split=wrong_split)  # the test can tell them apart
