@@ -104,9 +104,9 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None, max_queue: int 
                              "finish_reason": _text_finish(outcome)}],
                 "usage": usage(outcome, reasoning=False)}
 
-    wrapped = CountRequests(app, metrics, ROUTES)
-    wrapped = BodyLimit(wrapped, max_body_bytes)
-    wrapped = ApiKeyGate(wrapped, api_key)
+    wrapped = BodyLimit(app, max_body_bytes)
+    wrapped = ApiKeyGate(wrapped, api_key)         # before the body is read: strangers cost nothing
+    wrapped = CountRequests(wrapped, metrics, ROUTES)  # outermost: 401s and 413s are counted too
     # uvicorn serves `wrapped`; the FastAPI object stays reachable for tests and the OpenAPI schema.
     wrapped.fastapi = app  # type: ignore[attr-defined]
     return wrapped  # type: ignore[return-value]

@@ -74,7 +74,12 @@ def build_lltokenizer(*, token_bytes: Sequence[bytes], special_ids: Sequence[int
     if llguidance is None:
         raise GrammarError("structured output needs the llguidance package (pip install llguidance)")
     view = _VocabView(token_bytes, special_ids, eos_ids[0], bos_id, encode_bytes)
-    return LLTokenizer(TokenizerWrapper(view), n_vocab=n_vocab, eos_token=list(eos_ids))
+    try:
+        return LLTokenizer(TokenizerWrapper(view), n_vocab=n_vocab, eos_token=list(eos_ids))
+    except BaseException as e:  # noqa: BLE001 - a Rust panic arrives as pyo3's PanicException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise GrammarError(f"llguidance cannot use this vocabulary: {_one_line(str(e))}") from None
 
 
 def lltokenizer_for(tokenizer, *, n_vocab: Optional[int] = None) -> "LLTokenizer":
@@ -209,6 +214,8 @@ class GrammarConstraint:
         self.compiler = compiler
         self.matcher = matcher
         self._bitmask = np.zeros((compiler.vocab_size + 31) // 32, dtype=np.int32)  # [ceil(V/32)]
+        self._allowed = torch.zeros(compiler.logits_size, dtype=torch.bool)  # [logits_size]; padding stays False
+        self._allowed_np = self._allowed.numpy()
         self._pending: Optional[Future] = None
         self.mask_seconds = 0.0      # time spent computing masks (on the mask thread)
         self.wait_seconds = 0.0      # time the decode loop actually waited for a mask
@@ -224,7 +231,7 @@ class GrammarConstraint:
         self._pending = self.compiler.pool.submit(self._compute)
 
     def allowed(self) -> torch.Tensor:
-        """Bool mask over the model's logits for the next token. # [logits_size]"""
+        """Bool mask over the model's logits for the next token (a reused buffer). # [logits_size]"""
         t0 = time.perf_counter()
         if self._pending is not None:
             self._pending.result()
@@ -233,10 +240,12 @@ class GrammarConstraint:
             self._compute()
         self.wait_seconds += time.perf_counter() - t0
         self.steps += 1
-        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")[: self.compiler.vocab_size]
-        allowed = torch.zeros(self.compiler.logits_size, dtype=torch.bool)
-        allowed[: self.compiler.vocab_size] = torch.from_numpy(bits.astype(np.bool_))
-        return allowed
+        return self.allowed_from_bitmask()
+
+    def allowed_from_bitmask(self) -> torch.Tensor:
+        V = self.compiler.vocab_size
+        self._allowed_np[:V] = np.unpackbits(self._bitmask.view(np.uint8), count=V, bitorder="little")
+        return self._allowed
 
     def accept(self, token_id: int) -> bool:
         """Advance the grammar by the sampled token; False (and the matcher errors) if it was not allowed."""
