@@ -88,7 +88,10 @@ def bench_cmd(
     repetitions: int = typer.Option(5, "--repetitions", "-r", help="Repetitions of each test."),
     depth: str = typer.Option("0", "--depth", "-d", help="Context depths, e.g. 0,4096,16384 or 0-16384+4096."),
     batch: str = typer.Option("512", "--batch", "-b", help="Prompt tokens per forward during pp (list or range)."),
-    threads: Optional[str] = typer.Option(None, "--threads", "-t", help="CPU threads (list; default: physical cores)."),
+    threads: Optional[str] = typer.Option(None, "--threads", "-t",
+                                          help="Expert-kernel threads (list; default: physical cores)."),
+    torch_threads: Optional[int] = typer.Option(None, "--torch-threads",
+                                                help="torch threads of the device side (default: 1 on cpu)."),
     precision: str = typer.Option("fast", help="fast (bf16 + fast kernels) or exact (fp32)."),
     device: str = typer.Option("cpu", help="Device for attention/dense weights."),
     output: str = typer.Option("table", "--output", "-o", help="table | json | csv | md."),
@@ -107,7 +110,8 @@ def bench_cmd(
     try:
         opts = BenchOptions(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                             depths=parse_int_list(depth, "--depth"), batches=parse_int_list(batch, "--batch"),
-                            threads=parse_int_list(threads, "--threads"), precision=precision, device=device,
+                            threads=parse_int_list(threads, "--threads", minimum=1), torch_threads=torch_threads,
+                            precision=precision, device=device,
                             output=output, plot=plot, project=Target.parse(project) if project else None,
                             seed=seed, warmup=warmup, reprobe=reprobe, progress=progress)
         run_bench(opts)

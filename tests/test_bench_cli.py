@@ -62,7 +62,8 @@ def test_json_carries_hardware_and_provenance(demo_json):
     doc, _, _ = demo_json
     h, p = doc["hardware"], doc["provenance"]
     assert h["cpu_model"] and h["physical_cores"] >= 1 and h["gpu"] is None
-    assert [b["threads"] for b in h["memory_bandwidth"]] == [1]
+    assert [b["threads"] for b in h["memory_bandwidth"]] == doc["settings"]["threads"] == [1]
+    assert doc["settings"]["torch_threads"] == 1  # auto on device = cpu
     assert p["version"] and p["date"]
     assert p["commit"] == "unknown" or len(p["commit"]) == 40
 
@@ -115,6 +116,7 @@ def test_markdown_rendering(demo_json):
     (["--batch", "4096"], "--batch"),
     (["-p", "0", "-n", "0"], "nothing to measure"),
     (["--bogus"], "--bogus"),
+    (["-t", "0"], "--threads"),
 ])
 def test_bad_flags_one_line_exit_2(args, message):
     r = bench(*args, "--no-progress", check=False)

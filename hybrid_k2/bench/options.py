@@ -98,7 +98,8 @@ class BenchOptions:
     repetitions: int = 5
     depths: tuple[int, ...] = (0,)  # tokens already in the cache before the measured part
     batches: tuple[int, ...] = (512,)  # prompt tokens per forward during pp
-    threads: tuple[int, ...] = ()  # () : the machine's physical cores
+    threads: tuple[int, ...] = ()  # expert-kernel threads; () : the machine's physical cores
+    torch_threads: int | None = None  # torch intra-op threads (device side on a CPU); None: auto
     precision: str = "fast"
     device: str = "cpu"
     output: str = "table"
@@ -118,6 +119,7 @@ class BenchOptions:
             (len(self.depths) >= 1, "--depth needs at least one value"),
             (len(self.batches) >= 1 and min(self.batches) >= 1, "--batch values must be >= 1"),
             (not self.threads or min(self.threads) >= 1, "--threads values must be >= 1"),
+            (self.torch_threads is None or self.torch_threads >= 1, "--torch-threads must be >= 1"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.output in OUTPUTS, f"--output must be one of {', '.join(OUTPUTS)}"),
             (self.plot is None or str(self.plot).lower().endswith(".png"), "--plot must name a .png file"),

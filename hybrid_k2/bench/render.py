@@ -29,7 +29,8 @@ def header_lines(doc: dict) -> list[str]:
                     for b in h["memory_bandwidth"])
     return [
         f"model: {m['name']} ({m['layers']} layers, {m['experts']} experts top-{m['top_k']}, hidden {m['hidden']}), "
-        f"{m['precision']} on {m['device']}, experts: {m['experts_backend']}, timing: {m['instrument']}",
+        f"{m['precision']} on {m['device']} (torch threads {doc['settings']['torch_threads']}), "
+        f"experts: {m['experts_backend']}, timing: {m['instrument']}",
         f"cpu: {h['cpu_model']} ({h['physical_cores']} cores, {h['logical_cpus']} logical), isa {h['isa']}, "
         f"gpu: {h['gpu']['name'] if h['gpu'] else 'none'}",
         f"memory bandwidth: {bws}",

@@ -60,6 +60,7 @@ class RunData:
     measurements: list[Measurement] = field(default_factory=list)
     profiles: list[StepProfile] = field(default_factory=list)
     bandwidth: dict[int, dict] = field(default_factory=dict)  # threads -> probe result
+    torch_threads: int = 0
     gpu_gbps: float | None = None  # device-memory bandwidth when the device is a GPU
     instrument_mode: str = ""
     experts_backend: str = ""
@@ -76,6 +77,15 @@ def load_model(path, opts: BenchOptions, threads: int, progress: bool):
 
         kwargs["runtime"] = RuntimeConfig(cpu_threads=threads)
     return api.load(path, **kwargs)
+
+
+def torch_threads_for(opts: BenchOptions, threads: int) -> int:
+    """torch's intra-op threads for the device side. Auto: 1 with device = cpu, where the expert kernels'
+    pool already holds the cores while the executor overlaps them with the device side (two torch threads
+    beside the pool measured 3-25x slower per step on a 2-core machine); `threads` on other devices."""
+    if opts.torch_threads:
+        return opts.torch_threads
+    return 1 if opts.device == "cpu" else threads
 
 
 def model_threads(model) -> int | None:
@@ -218,11 +228,12 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
 
     threads_list = opts.threads or (hardware["physical_cores"],)
     data = RunData()
-    torch_threads = torch.get_num_threads()
+    torch_threads_before = torch.get_num_threads()
     model = None
     try:
         for threads in threads_list:
-            torch.set_num_threads(threads)
+            data.torch_threads = torch_threads_for(opts, threads)
+            torch.set_num_threads(data.torch_threads)
             if model is None or model_threads(model) not in (None, threads):
                 model = None  # release the previous copy before loading the next
                 model = load_model(model_path, opts, threads, progress=show_progress)
@@ -240,5 +251,5 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
                 Runner(opts, model, tokens, progress).sweep(threads, data)
             data.experts_backend = experts_backend(model)
     finally:
-        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads_before)
     return data, model
