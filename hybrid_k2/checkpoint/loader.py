@@ -62,8 +62,16 @@ class Loader:
         self.placement = placement
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.used: set[str] = set()
+        self._buffers: dict[str, torch.Tensor] = {}
 
     # -- experts ----------------------------------------------------------------------------------
+    def _scratch(self, key: str, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """One reusable buffer per expert tensor kind: no allocation churn while experts stream in."""
+        buf = self._buffers.get(key)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self._buffers[key] = torch.empty(shape, dtype=dtype)
+        return buf
+
     def load_experts(self, layer: int, store) -> None:
         D, I = self.args.hidden_size, self.args.moe_intermediate_size
         dims = {"gate_proj": (I, D), "up_proj": (I, D), "down_proj": (D, I)}
@@ -76,8 +84,11 @@ class Loader:
                     raise CheckpointError(f"{name}: routed experts must be INT4 (compressed-tensors "
                                           f"pack-quantized); quantization_config leaves them unquantized")
                 short = proj.split("_")[0]
-                out_p = getattr(store, f"{short}_packed")[e] if direct else None
-                out_s = getattr(store, f"{short}_scale")[e] if direct else None
+                if direct:  # read straight into the store
+                    out_p, out_s = getattr(store, f"{short}_packed")[e], getattr(store, f"{short}_scale")[e]
+                else:  # read into reused scratch, then the store copies it into its own layout
+                    out_p = self._scratch(f"{short}_packed", (dims[proj][0], dims[proj][1] // 8), torch.int32)
+                    out_s = self._scratch(f"{short}_scale", (dims[proj][0], dims[proj][1] // GROUP), torch.bfloat16)
                 parts[f"{short}_packed"], parts[f"{short}_scale"] = read_int4(self.reader, name, *dims[proj],
                                                                                 out_p, out_s)
                 self.used.update(f"{name}.{k}" for k in ("weight_packed", "weight_scale", "weight_shape"))
