@@ -2,9 +2,11 @@
 models, the tool-call loop, the calculator, and one-line errors for bad input."""
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -46,11 +48,17 @@ def test_chat_command_in_a_terminal(tmp_path):
         child.expect(r"\[stopped\]", timeout=120)
         child.expect(r"cancelled")
         child.expect("you> ")
+        child.send("half a line")
+        child.sendintr()  # at the prompt: drops the line, stays
+        child.expect(r"\^C")
+        child.expect("you> ")
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
         child.close()
     assert child.exitstatus == 0, child.before
+    history = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid-k2" / "chat_history"  # readline history kept
+    assert "Tell me more" in history.read_text() and "half a line" not in history.read_text()
 
 
 @pytest.fixture(scope="module")
