@@ -133,7 +133,7 @@ class OutputParser:
         if s == "done":
             return []
         pre = self._release_held() if s == "content" and name in (IM_END, EOS, TOOL_CALLS_SECTION_BEGIN) else []
-        return pre + self._marker(name) if pre else self._marker(name)
+        return pre + self._marker(name)
 
     def _marker(self, name: str) -> list[Delta]:
         s = self.state
