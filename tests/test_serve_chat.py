@@ -220,3 +220,19 @@ def test_metrics_report_the_traffic(server):
     assert m["hybrid_k2_prefix_cache_hits_total"] >= 1  # the tool loop above resent its history
     assert m["hybrid_k2_cached_prompt_tokens_total"] > 0
     assert m["hybrid_k2_queue_depth"] == 0
+
+
+@pytest.mark.parametrize("seed", [3, 9])
+def test_auto_tools_with_json_schema_gives_a_call_or_json(client, seed):
+    r = client.chat.completions.create(
+        model=MODEL, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=60, seed=seed,
+        response_format={"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER}},
+        extra_body=FAST)
+    choice = r.choices[0]
+    assert choice.finish_reason in ("tool_calls", "stop")
+    if choice.finish_reason == "tool_calls":
+        for call in choice.message.tool_calls:
+            assert call.function.name in ("get_weather", "get_time")
+            json.loads(call.function.arguments)
+    else:
+        jsonschema.validate(json.loads(choice.message.content), WEATHER)

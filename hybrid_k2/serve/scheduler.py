@@ -59,9 +59,11 @@ class Scheduler:
         with self._cv:
             if self._stop:
                 raise QueueFull("server is shutting down")
-            busy = self._running is not None or bool(self._waiting)
-            if busy and len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"{len(self._waiting)} requests already waiting (limit {self.max_waiting})")
+            # One slot runs, max_waiting wait; a job not yet picked up by the thread counts as waiting
+            # for the running slot, so the admission does not depend on the thread's timing.
+            admitted = len(self._waiting) + (self._running is not None)
+            if admitted >= self.max_waiting + 1:
+                raise QueueFull(f"{admitted - 1} requests already waiting (limit {self.max_waiting})")
             self._waiting.append(job)
             self._cv.notify()
 
