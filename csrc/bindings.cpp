@@ -11,7 +11,11 @@ void register_int4_moe(py::module_& m);      // csrc/int4_moe/int4_moe_py.cpp
 void register_bandwidth(py::module_& m);     // csrc/bench/bandwidth_py.cpp
 }  // namespace hk2
 
-PYBIND11_MODULE(_C, m) {
+#ifndef HK2_MODULE_NAME  // the emulated-ISA test build (csrc/tests/build.py) names it _C_emu
+#define HK2_MODULE_NAME _C
+#endif
+
+PYBIND11_MODULE(HK2_MODULE_NAME, m) {
   m.doc() = "hybrid-k2 CPU kernels";
   // Bad input inside the kernels raises hybrid_k2.errors.HybridK2Error (one line, no traceback).
   static py::object base = py::module_::import("hybrid_k2.errors").attr("HybridK2Error");

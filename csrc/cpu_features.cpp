@@ -75,24 +75,33 @@ const CpuFeatures& cpu_features() {
   return f;
 }
 
-std::vector<std::string> isa_names() { return {"amx", "avx512bf16", "avx512", "avx2", "scalar"}; }
+// Preference order of the automatic choice first; "avx512vnni" and "avx512bf16" are forced choices
+// ("avx512" already takes VNNI when present; bf16 activations are a more accurate, slower fast mode).
+std::vector<std::string> isa_names() { return {"amx", "avx512", "avx2", "scalar", "avx512vnni", "avx512bf16"}; }
 
 std::string isa_unavailable_reason(const std::string& isa) {
   const CpuFeatures& f = cpu_features();
   const bool avx2 = f.os_avx && f.avx2 && f.fma && f.f16c;
+#ifdef HK2_EMULATE
+  // Test build: the AVX-512 and AMX files run on SIMDe and the tile emulation, on any AVX2 CPU.
+  if (isa == "avx512" || isa == "avx512vnni" || isa == "avx512bf16" || isa == "amx")
+    return avx2 ? "" : "the emulated paths need AVX2";
+#endif
   const bool avx512 = avx2 && f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
   if (isa == "scalar") return "";
   if (isa == "avx2") return avx2 ? "" : "this CPU lacks AVX2/FMA/F16C (or the OS does not enable AVX)";
   if (isa == "avx512")
     return avx512 ? "" : "this CPU lacks AVX-512 F/BW/VL/DQ (or the OS does not enable it)";
+  if (isa == "avx512vnni")
+    return avx512 && f.avx512vnni ? "" : "this CPU lacks AVX-512 VNNI";
   if (isa == "avx512bf16")
-    return avx512 && f.avx512bf16 ? "" : "this CPU lacks AVX-512 BF16";
+    return avx512 && f.avx512vnni && f.avx512bf16 ? "" : "this CPU lacks AVX-512 BF16 (with VNNI)";
   if (isa == "amx") {
     if (!(avx512 && f.avx512vnni && f.avx512bf16 && f.amx_tile && f.amx_int8 && f.amx_bf16))
       return "this CPU lacks AMX-INT8/AMX-BF16 (with AVX-512 VNNI and BF16)";
     return f.os_amx ? "" : "the OS did not grant AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM)";
   }
-  return "unknown ISA '" + isa + "' (choose scalar, avx2, avx512, avx512bf16 or amx)";
+  return "unknown ISA '" + isa + "' (choose scalar, avx2, avx512, avx512vnni, avx512bf16 or amx)";
 }
 
 }  // namespace hk2

@@ -17,7 +17,7 @@ struct CpuFeatures {
 
 const CpuFeatures& cpu_features();
 
-// ISA paths of the int4 MoE kernels, fastest first: "amx", "avx512bf16", "avx512", "avx2", "scalar".
+// ISA paths of the int4 MoE kernels (see isa_names() in cpu_features.cpp for the order).
 // Empty string when `isa` can run here; otherwise the reason it cannot.
 std::string isa_unavailable_reason(const std::string& isa);
 std::vector<std::string> isa_names();

@@ -20,6 +20,7 @@ namespace py = pybind11;
 namespace hk2 {
 
 int64_t read_sum_avx2(const uint8_t* p, size_t n);  // bandwidth_avx2.cpp
+int64_t int8_peak_avx2(int64_t iters, int seed);    // peak_avx2.cpp
 
 namespace {
 
@@ -94,10 +95,20 @@ py::dict measure(int64_t bytes, int threads, int repeats) {
   return out;
 }
 
+// Int8 multiply-add throughput of maddubs + add on `threads` workers, in GOP/s (2 ops per MAC).
+double int8_peak_gops(int threads) {
+  HK2_CHECK(isa_unavailable_reason("avx2").empty(), "the int8 peak probe needs AVX2");
+  constexpr int64_t kIters = 2000000;
+  py::gil_scoped_release nogil;
+  const double s = best_seconds(threads, 3, [](int tid, int) { int8_peak_avx2(kIters, tid); });
+  return 2.0 * double(kIters * 12 * 32) * threads / s / 1e9;
+}
+
 }  // namespace
 
 void register_bandwidth(py::module_& m) {
   m.def("measure_bandwidth", &measure, py::arg("bytes"), py::arg("threads"), py::arg("repeats"));
+  m.def("int8_peak_gops", &int8_peak_gops, py::arg("threads"));
 }
 
 }  // namespace hk2

@@ -37,7 +37,7 @@ struct Acts {
 };
 
 // y[m * ldy + (r - r0)] = sum_k W[r, k] * act[idx[m]][k], r in [r0, r1), m < M.
-// r0, r1 are multiples of 16; scratch is per-thread, kScratchBytes long, 64-byte aligned.
+// r0, r1 are multiples of 32; scratch is per-thread, kScratchBytes long, 64-byte aligned.
 using MatmulFn = void (*)(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t* idx,
                           int M, float* y, int ldy, uint8_t* scratch);
 
@@ -55,6 +55,9 @@ struct MoeKernels {
   // h[i] = silu(g[i]) * u[i]
   void (*swiglu)(const float* g, const float* u, int n, float* h);
   MatmulFn gemv_exact, gemm_exact, gemv_fast, gemm_fast;
+  // nullptr: fast mode takes q8 activations (quantize_row). Otherwise fast mode takes fp32 rows
+  // made by this function (k-order, rounded to the ISA's activation type, e.g. bf16).
+  void (*prepare_fast_f32)(const float* x, int n, float* out) = nullptr;
 };
 
 // The tables; those whose ISA this build lacks are nullptr (see cpu_features.cpp for availability).

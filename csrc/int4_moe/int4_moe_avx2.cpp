@@ -32,12 +32,7 @@ namespace {
 
 constexpr int P = 2;
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+#include "int4_moe/int4_moe_x86.inl"
 
 // 8 bf16 -> 8 fp32
 inline __m256 load_bf16x8(const uint16_t* p) {
@@ -52,16 +47,6 @@ inline __m256 scale_pair(const uint16_t* p) {
   const __m256i v = _mm256_set1_epi32(two);
   const __m256i shifted = _mm256_sllv_epi32(v, _mm256_setr_epi32(16, 16, 16, 16, 0, 0, 0, 0));
   return _mm256_castsi256_ps(_mm256_and_si256(shifted, _mm256_set1_epi32(int32_t(0xffff0000u))));
-}
-
-// Column positions, in k-order(P), of the evens and odds of each group of a row of G groups.
-void group_offsets(int G, int32_t* even, int32_t* odd) {
-  for_each_block(G, P, [&](int g0, int p) {
-    for (int j = 0; j < p; ++j) {
-      even[g0 + j] = 32 * g0 + 16 * j;
-      odd[g0 + j] = 32 * g0 + 16 * p + 16 * j;
-    }
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,22 +85,10 @@ void gemv_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
         }
       }
       float tail[4] = {0.f, 0.f, 0.f, 0.f};
-      if (G & 1) {  // last group alone: the same with 16-byte vectors
-        const int g = G - 1;
-        const __m128i xa = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * g));
-        const __m128i xb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * g + 16));
-        const __m128i cr = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c4 + 4 * g));
-        for (int j = 0; j < 4; ++j) {
-          const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + j * rb + 16 * g));
-          const __m128i lo = _mm_and_si128(wv, _mm256_castsi256_si128(m4));
-          const __m128i hi = _mm_and_si128(_mm_srli_epi16(wv, 4), _mm256_castsi256_si128(m4));
-          const __m128i s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, xa), _mm_maddubs_epi16(hi, xb));
-          const __m128i s32 = _mm_sub_epi32(_mm_madd_epi16(s16, _mm256_castsi256_si128(ones)), cr);
-          alignas(16) int32_t l[4];
-          _mm_store_si128(reinterpret_cast<__m128i*>(l), s32);
-          tail[j] = bf16_to_f32(sr[j * G + g]) * d4[4 * g] * float(l[0] + l[1] + l[2] + l[3]);
-        }
-      }
+      for (int g = 2 * nblk; g < G; ++g)  // last group alone
+        for (int j = 0; j < 4; ++j)
+          tail[j] += bf16_to_f32(sr[j * G + g]) * d4[4 * g] *
+                     float(group_dot_q8_sse(wr + j * rb + 16 * g, q + 32 * g, c4 + 4 * g));
       for (int j = 0; j < 4; ++j) y[int64_t(m) * ldy + (r - r0) + j] = hsum(acc[j]) + tail[j];
     }
   }
@@ -175,35 +148,6 @@ void gemv_exact(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_
 
 constexpr int kGemmGroups = 32;  // groups per K block (a multiple of P)
 
-inline void transpose8x8_epi32(__m256i* v) {
-  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-  const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
-  const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
-  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-  v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-  v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-  v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-  v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-  v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-  v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-  v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-  v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
-// Group g of 8 rows starting at `w0` (row stride rb bytes) -> per row [16 evens | 16 odds] as u8.
-inline void unpack_group_rows(const uint8_t* w0, int64_t rb, int g, __m256i* v) {
-  const __m128i m4 = _mm_set1_epi8(0x0f);
-  for (int i = 0; i < 8; ++i) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + i * rb + 16 * g));
-    const __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
-    v[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // GEMM, fast
 
@@ -212,20 +156,6 @@ struct FastBlock {
   uint8_t* wq;
   float* ws;
 };
-
-void unpack_fast_block(const Int4Matrix& w, int r, int g0, int ng, FastBlock& blk) {
-  const int G = w.cols / 32;
-  const int64_t rb = w.cols / 2;
-  for (int gl = 0; gl < ng; ++gl)
-    for (int s = 0; s < 2; ++s) {
-      __m256i v[8];
-      unpack_group_rows(w.packed + int64_t(r + 8 * s) * rb, rb, g0 + gl, v);
-      transpose8x8_epi32(v);  // v[c] = chunk c (4 k) of the 8 rows
-      uint8_t* dst = blk.wq + (int64_t(gl) * 2 + s) * 256;
-      for (int c = 0; c < 8; ++c) _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 32 * c), v[c]);
-      for (int i = 0; i < 8; ++i) blk.ws[gl * 16 + 8 * s + i] = bf16_to_f32(w.scale[int64_t(r + 8 * s + i) * G + g0 + gl]);
-    }
-}
 
 // acc[m][s] over groups [0, ng) of the block, MR tokens x 16 rows.
 template <int MR>
@@ -290,7 +220,7 @@ void gemm_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
   for (int r = r0; r < r1; r += 16)
     for (int g0 = 0; g0 < G; g0 += kGemmGroups) {
       const int ng = std::min(kGemmGroups, G - g0);
-      unpack_fast_block(w, r, g0, ng, blk);
+      unpack_fast_block<8, 16>(w, r, g0, ng, blk.wq, blk.ws);
       float* yr = y + (r - r0);
       int m = 0;
       for (; m + 2 <= M; m += 2) fast_tokens<2>(blk, g0, ng, a, idx + m, yr + int64_t(m) * ldy, ldy, g0 == 0, even, odd);
@@ -302,38 +232,6 @@ void gemm_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
 // GEMM, exact
 
 constexpr int kExactGroups = 8;  // 256 k x 16 rows x 4 B = 16 KB per block
-
-inline void transpose8x8_ps(__m256* v) {
-  __m256i* vi = reinterpret_cast<__m256i*>(v);
-  transpose8x8_epi32(vi);
-}
-
-// Block of 16 rows x ng groups -> wf [ng * 32 k (group k-order)][16 rows] fp32.
-void unpack_exact_block(const Int4Matrix& w, int r, int g0, int ng, float* wf) {
-  const int G = w.cols / 32;
-  const int64_t rb = w.cols / 2;
-  const __m256i eight = _mm256_set1_epi8(8);
-  for (int gl = 0; gl < ng; ++gl)
-    for (int s = 0; s < 2; ++s) {
-      __m256i v[8];
-      unpack_group_rows(w.packed + int64_t(r + 8 * s) * rb, rb, g0 + gl, v);
-      __m256 sc[8];
-      for (int i = 0; i < 8; ++i) {
-        v[i] = _mm256_sub_epi8(v[i], eight);
-        sc[i] = _mm256_set1_ps(bf16_to_f32(w.scale[int64_t(r + 8 * s + i) * G + g0 + gl]));
-      }
-      for (int k8 = 0; k8 < 4; ++k8) {  // k in [8 * k8, 8 * k8 + 8) of the group
-        __m256 f[8];
-        for (int i = 0; i < 8; ++i) {
-          const __m128i q8 = k8 < 2 ? _mm256_castsi256_si128(v[i]) : _mm256_extracti128_si256(v[i], 1);
-          const __m128i part = (k8 & 1) ? _mm_srli_si128(q8, 8) : q8;
-          f[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part)), sc[i]);
-        }
-        transpose8x8_ps(f);  // f[k] = the 8 rows at k
-        for (int k = 0; k < 8; ++k) _mm256_store_ps(wf + (int64_t(gl) * 32 + 8 * k8 + k) * 16 + 8 * s, f[k]);
-      }
-    }
-}
 
 template <int MR>
 inline void exact_tokens(const float* wf, int g0, int ng, const Acts& a, const int32_t* idx, float* y, int ldy,
@@ -372,7 +270,7 @@ void gemm_exact(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_
   for (int r = r0; r < r1; r += 16)
     for (int g0 = 0; g0 < G; g0 += kExactGroups) {
       const int ng = std::min(kExactGroups, G - g0);
-      unpack_exact_block(w, r, g0, ng, wf);
+      unpack_exact_block16(w, r, g0, ng, wf);
       float* yr = y + (r - r0);
       int m = 0;
       for (; m + 4 <= M; m += 4) exact_tokens<4>(wf, g0, ng, a, idx + m, yr + int64_t(m) * ldy, ldy, g0 == 0, even, odd);

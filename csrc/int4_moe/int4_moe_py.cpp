@@ -23,6 +23,7 @@ const MoeKernels* kernels_for(const std::string& isa) {
   if (isa == "scalar") k = kernels_scalar();
   if (isa == "avx2") k = kernels_avx2();
   if (isa == "avx512") k = cpu_features().avx512vnni ? kernels_avx512_vnni() : kernels_avx512();
+  if (isa == "avx512vnni") k = kernels_avx512_vnni();
   if (isa == "avx512bf16") k = kernels_avx512bf16();
   if (isa == "amx") k = kernels_amx();
   HK2_CHECK(k != nullptr, "ISA path '" << isa << "' is not part of this build");
@@ -114,6 +115,7 @@ void register_int4_moe(py::module_& m) {
       const bool built = isa == "scalar" ? kernels_scalar() != nullptr
                          : isa == "avx2" ? kernels_avx2() != nullptr
                          : isa == "avx512" ? kernels_avx512() != nullptr
+                         : isa == "avx512vnni" ? kernels_avx512_vnni() != nullptr
                          : isa == "avx512bf16" ? kernels_avx512bf16() != nullptr
                                                : kernels_amx() != nullptr;
       if (built) out.push_back(isa);

@@ -80,7 +80,9 @@ struct ActBuf {
   int64_t ld = 0;
   Acts view() const { return {f32, q8, d4, c4, e, ld}; }
   void fill(const MoeKernels& k, bool fast, int64_t row, int64_t c0, const float* src, int n) const {
-    if (fast)
+    if (fast && k.prepare_fast_f32)
+      k.prepare_fast_f32(src, n, f32 + row * ld + c0);
+    else if (fast)
       k.quantize_row(src, n, q8 + row * ld + c0, d4 + row * (ld / 8) + c0 / 8,
                      c4 + row * (ld / 8) + c0 / 8, e + row * (ld / 32) + c0 / 32);
     else
@@ -114,7 +116,7 @@ class MoeJob {
 namespace {
 
 // Lays out an ActBuf of [rows, n] at *off inside the arena (or only counts when base is null).
-ActBuf carve(uint8_t* base, int64_t* off, int64_t rows, int64_t n, bool fast) {
+ActBuf carve(uint8_t* base, int64_t* off, int64_t rows, int64_t n, bool q8) {
   ActBuf b;
   b.ld = n;
   auto take = [&](int64_t bytes) {
@@ -122,7 +124,7 @@ ActBuf carve(uint8_t* base, int64_t* off, int64_t rows, int64_t n, bool fast) {
     *off = round_up(*off + bytes, 64);
     return p;
   };
-  if (fast) {
+  if (q8) {
     b.q8 = reinterpret_cast<int8_t*>(take(rows * n));
     b.d4 = reinterpret_cast<float*>(take(rows * (n / 8) * 4));
     b.c4 = reinterpret_cast<int32_t*>(take(rows * (n / 8) * 4));
@@ -178,14 +180,15 @@ std::shared_ptr<MoeJob> plan_moe(const MoeCall& c, int nthreads) {
   const int64_t tile = int64_t(kTokenChunk) * std::max(kRows1, kRows2) * 4;
   job->per_thread_bytes = round_up(int64_t(std::max(job->D, job->I)) * 4, 64) + 3 * tile + kScratchBytes;
   int64_t off = 0;
-  carve(nullptr, &off, c.T, job->D, c.fast);
-  carve(nullptr, &off, n, job->I, c.fast);
+  const bool q8 = c.fast && !c.kern->prepare_fast_f32;
+  carve(nullptr, &off, c.T, job->D, q8);
+  carve(nullptr, &off, n, job->I, q8);
   const int64_t per_thread_at = off;
   off += job->per_thread_bytes * nthreads;
   job->arena = BufferCache::get().acquire(off, &job->arena_bytes);
   off = 0;
-  job->xa = carve(job->arena, &off, c.T, job->D, c.fast);
-  job->ha = carve(job->arena, &off, n, job->I, c.fast);
+  job->xa = carve(job->arena, &off, c.T, job->D, q8);
+  job->ha = carve(job->arena, &off, n, job->I, q8);
   job->per_thread = job->arena + per_thread_at;
   return job;
 }

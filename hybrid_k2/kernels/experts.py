@@ -19,8 +19,9 @@ _PROJ = ("gate", "up", "down")
 class PackedExperts:
     """The experts of one MoE layer (num_experts E, hidden D, intermediate I)."""
 
-    def __init__(self, store):
+    def __init__(self, store, module):
         self._store = store
+        self._module = module  # the extension that made `store` runs the kernels on it
         self._bytes = torch.frombuffer(store, dtype=torch.uint8)  # keeps `store` alive
 
     @classmethod
@@ -28,6 +29,11 @@ class PackedExperts:
         """Allocates (64-byte aligned, untouched until loaded) room for `num_experts` experts."""
         from hybrid_k2 import _C
 
+        return cls._empty_on(_C, num_experts=num_experts, hidden=hidden, intermediate=intermediate, layout=layout)
+
+    @classmethod
+    def _empty_on(cls, module, *, num_experts, hidden, intermediate, layout=None) -> "PackedExperts":
+        """empty() on another build of the kernels (the emulated-ISA test module)."""
         layout = LAYOUT if layout is None else layout
         if layout != LAYOUT:
             raise HybridK2Error(f"unsupported expert layout {layout!r} (supported: {LAYOUT!r})")
@@ -36,7 +42,7 @@ class PackedExperts:
                 raise HybridK2Error(f"{name} must be a positive int, got {v!r}")
         if hidden % 32 or intermediate % 32:
             raise HybridK2Error(f"hidden ({hidden}) and intermediate ({intermediate}) must be multiples of 32")
-        return cls(_C.ExpertStore(num_experts, hidden, intermediate, layout))
+        return cls(module.ExpertStore(num_experts, hidden, intermediate, layout), module)
 
     @classmethod
     def from_stacked(cls, *, gate_packed, gate_scale, up_packed, up_scale, down_packed, down_scale,

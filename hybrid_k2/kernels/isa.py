@@ -7,44 +7,44 @@ import warnings
 from hybrid_k2.errors import HybridK2Error
 
 ISA_ENV = "HYBRID_K2_ISA"
-ISAS = ("amx", "avx512bf16", "avx512", "avx2", "scalar")
+ISAS = ("amx", "avx512", "avx2", "scalar", "avx512vnni", "avx512bf16")
+AUTO = ("amx", "avx512", "avx2", "scalar")  # the automatic choice, fastest first
 
 
-def _c():
+def _c(module=None):
+    if module is not None:
+        return module
     from hybrid_k2 import _C
 
     return _C
 
 
-def available_isas() -> list[str]:
-    """ISA paths this CPU and OS can run, fastest first."""
-    return [isa for isa in ISAS if not _c().isa_unavailable_reason(isa) and _built(isa)]
+def available_isas(module=None) -> list[str]:
+    """ISA paths this CPU and OS can run (automatic-choice order first, then the forced-only ones)."""
+    built = _c(module).built_isas()
+    return [isa for isa in ISAS if isa in built and not _c(module).isa_unavailable_reason(isa)]
 
 
-def _built(isa: str) -> bool:
-    return isa in _c().built_isas()
-
-
-def default_isa() -> str:
+def default_isa(module=None) -> str:
     """The fastest path here; a CPU without AVX2 gets the scalar path with a warning."""
-    isas = available_isas()
+    isas = [isa for isa in available_isas(module) if isa in AUTO]
     if isas[0] == "scalar":
         warnings.warn("this CPU has no AVX2: the INT4 expert kernels run on the slow scalar path",
                       RuntimeWarning, stacklevel=3)
     return isas[0]
 
 
-def resolve_isa(isa: str | None = None) -> str:
+def resolve_isa(isa: str | None = None, module=None) -> str:
     """isa argument, else $HYBRID_K2_ISA, else default_isa(); a path the CPU lacks is an error."""
     name = isa if isa is not None else os.environ.get(ISA_ENV) or None
     if name is None:
-        return default_isa()
+        return default_isa(module)
     name = name.strip().lower()
     if name not in ISAS:
         raise HybridK2Error(f"unknown ISA path {name!r}; choose one of {', '.join(ISAS)}")
-    why = _c().isa_unavailable_reason(name)
+    why = _c(module).isa_unavailable_reason(name)
     if why:
         raise HybridK2Error(f"ISA path {name!r} cannot run on this machine: {why}")
-    if not _built(name):
+    if name not in _c(module).built_isas():
         raise HybridK2Error(f"ISA path {name!r} is not part of this build")
     return name

@@ -65,10 +65,9 @@ def moe_submit(*, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tens
     x [T, D] fp32/bf16, expert_ids [T, K] int32/int64, weights [T, K] fp32 -> handle.wait() [T, D] fp32.
     precision "exact" (fp32 activations) or "fast" (activations as int8 per group of 32).
     isa: force a kernel path (default: $HYBRID_K2_ISA, else the fastest this CPU has)."""
-    from hybrid_k2 import _C
-
     _check(x, expert_ids, weights, experts, precision, threads, out)
-    path = resolve_isa(isa)
+    _C = experts._module
+    path = resolve_isa(isa, _C)
     x = x.contiguous()
     expert_ids = expert_ids.contiguous()
     weights = weights.contiguous()

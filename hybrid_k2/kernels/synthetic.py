@@ -22,11 +22,14 @@ def random_checkpoint_tensors(*, rows: int, cols: int, generator: torch.Generato
 
 
 def random_experts(*, num_experts: int, hidden: int, intermediate: int, seed: int = 0,
-                   extreme: bool = False) -> PackedExperts:
+                   extreme: bool = False, _module=None) -> PackedExperts:
     """A layer of random experts; with extreme=True expert 0 has every nibble 0 (q = -8) and expert 1
     every nibble 15 (q = 7), the ends of the INT4 range."""
     g = torch.Generator().manual_seed(seed)
-    pe = PackedExperts.empty(num_experts=num_experts, hidden=hidden, intermediate=intermediate)
+    if _module is None:
+        pe = PackedExperts.empty(num_experts=num_experts, hidden=hidden, intermediate=intermediate)
+    else:  # another build of the kernels (tests of the emulated ISA paths)
+        pe = PackedExperts._empty_on(_module, num_experts=num_experts, hidden=hidden, intermediate=intermediate)
     for e in range(num_experts):
         nib = (0 if e == 0 else 15 if e == 1 else None) if extreme else None
         gp, gs = random_checkpoint_tensors(rows=intermediate, cols=hidden, generator=g, nibble=nib)

@@ -1,0 +1,75 @@
+"""Every ISA path on this machine: the AVX-512 (with and without VNNI), AVX-512-BF16 and AMX kernel
+sources compiled a second time on SIMDe + a small AMX tile emulation (csrc/tests/build.py, module
+_C_emu) and checked over odd shapes against the torch reference and the scalar C++ path."""
+import importlib.machinery
+import importlib.util
+import os
+import pathlib
+
+import pytest
+import torch
+
+from hybrid_k2.kernels import moe_forward, moe_reference
+from hybrid_k2.kernels.isa import available_isas
+from hybrid_k2.kernels.synthetic import random_experts, random_routing
+
+EXACT_RTOL = 1e-5            # as in test_kernels_moe.py
+FAST_RTOL = 4e-2             # q8 or bf16 activations vs fp32 torch
+FAST_VS_SCALAR_RTOL = 2e-3   # q8 paths vs the scalar q8 path (same integer math)
+EMULATED = ["avx512", "avx512vnni", "avx512bf16", "amx"]
+E, D, I = 10, 96, 352
+
+BUILD = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "tests" / "build.py"
+
+
+def _load(name, path, loader=None):
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def emu():
+    build = _load("hk2_kernel_build", BUILD)
+    why = build.missing_tools()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot build the emulated kernels in CI: {why}")
+        pytest.skip(why)
+    path = build.build_emu()
+    return _load("_C_emu", path, importlib.machinery.ExtensionFileLoader("_C_emu", path))
+
+
+@pytest.fixture(scope="module")
+def experts(emu):
+    return random_experts(num_experts=E, hidden=D, intermediate=I, seed=1, extreme=True, _module=emu)
+
+
+def test_emulated_paths_are_offered(emu):
+    assert set(EMULATED) <= set(available_isas(emu))
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("isa", EMULATED)
+@pytest.mark.parametrize("T", [1, 2, 7, 64, 130, 600])
+@pytest.mark.parametrize("K", [1, 4, 8])
+def test_emulated_path(experts, isa, T, K):
+    ids, w = random_routing(tokens=T, top_k=K, num_experts=E, seed=T + K)
+    if T > 2:
+        ids[1] = ids[1, :1]
+        w[2] = 0.0
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(T)) * 2
+    ref = moe_reference(x=x, expert_ids=ids, weights=w, experts=experts)
+    exact = moe_forward(x=x, expert_ids=ids, weights=w, experts=experts, precision="exact", isa=isa, threads=2)
+    assert rel_err(exact, ref) < EXACT_RTOL
+    fast = moe_forward(x=x, expert_ids=ids, weights=w, experts=experts, precision="fast", isa=isa, threads=2)
+    assert rel_err(fast, ref) < FAST_RTOL
+    if isa != "avx512bf16":  # bf16 activations: no q8 twin to compare with
+        scalar = moe_forward(x=x, expert_ids=ids, weights=w, experts=experts, precision="fast", isa="scalar")
+        assert rel_err(fast, scalar) < FAST_VS_SCALAR_RTOL
+    if T > 2:
+        assert torch.all(exact[2] == 0) and torch.all(fast[2] == 0)
