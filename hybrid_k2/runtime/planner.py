@@ -28,7 +28,8 @@ DTYPE_BYTES = {"fast": 2, "exact": 4}
 PREFILL_CHUNKS = (512, 256, 128, 64, 32, 16)
 STAGING_SETS = 2
 # Measured on the tiny models (tests/test_runtime_int8.py, docs/placement.md): what int8 costs.
-INT8_ACCURACY_NOTE = "int8 weight-only costs KL <= 1e-3 nats and >= 97% top-1 agreement on the tiny models"
+INT8_ACCURACY_NOTE = ("measured cost on the tiny random-weight models: mean KL 0.001-0.003 nats/token, top-1 "
+                      "agreement 91-97% (docs/placement.md)")
 
 
 @dataclass(frozen=True)
@@ -228,16 +229,18 @@ def _proposals(a: ModelArgs, rp: ResolvedPlacement, o: PlanOptions) -> list[str]
                        f"of the bf16 weights), fits with {gb(p8.gpu_headroom or 0)} to spare; {INT8_ACCURACY_NOTE}")
             return out
         placement = placement.with_overrides(["*=device-int8"])
-        out.append("--place '*=device-int8' alone is not enough")
+    with_int8 = "--place '*=device-int8' and " if placement is not rp.placement else ""
     for chunk in PREFILL_CHUNKS:
         if chunk >= o.prefill_chunk:
             continue
         pc = make_plan(a, placement, PlanOptions(**{**asdict(o), "prefill_chunk": chunk}), propose=False)
         if pc.fits:
-            out.append(f"prefill in chunks of {chunk} tokens (RuntimeConfig(prefill_chunk={chunk})): the [T, H, S] "
-                       f"attention scores shrink with T")
+            out.append(f"{with_int8}--prefill-chunk {chunk} (RuntimeConfig(prefill_chunk={chunk})): the [T, H, S] "
+                       f"attention scores shrink with T; fits with {gb(pc.gpu_headroom or pc.ram_headroom or 0)} "
+                       f"to spare")
             return out
-    out.append("no placement fits: lower --ctx (see max context) or add memory")
+    out.append(f"no placement fits{' even with int8' if with_int8 else ''}: lower --ctx (see the largest context "
+               f"that fits) or add memory")
     return out
 
 
@@ -249,5 +252,5 @@ def check_plan(plan: Plan) -> None:
     """Load-time refusal, one line: what does not fit, and what would."""
     if plan.fits:
         return
-    hint = f"; try {plan.proposals[0].split(':')[0]}" if plan.proposals and plan.proposals[0].startswith("--") else ""
+    hint = f"; try {plan.proposals[0].split(' (')[0].split(':')[0]}" if plan.proposals and plan.proposals[0].startswith("--") else ""
     raise HybridK2Error(f"cannot load: {plan.problems[0]}{hint} (see hybrid-k2 plan)")

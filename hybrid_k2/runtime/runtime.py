@@ -123,6 +123,21 @@ class Runtime:
             return self.graphs.decode(ids, caches, start)
         return self.runner(ids, caches, start)
 
+    def set_policy(self, *, overlap: bool | None = None, defer_experts: int | None = None,
+                   cpu_threads: int | None = None) -> None:
+        """Changes the scheduling policy of a loaded model (benchmarks compare policies on one load)."""
+        changes = {k: v for k, v in (("overlap", overlap), ("defer_experts", defer_experts)) if v is not None}
+        if changes:
+            self.config = self.config.replace(**changes)
+            sc = self.scheduler.config
+            self.scheduler = Scheduler(SchedulerConfig(
+                num_layers=sc.num_layers, first_moe_layer=sc.first_moe_layer, top_k=sc.top_k,
+                overlap=self.config.overlap, defer_experts=self.config.defer_experts,
+                device_prefill_threshold=sc.device_prefill_threshold, device_experts=sc.device_experts))
+            self.executor.scheduler = self.scheduler
+        if cpu_threads is not None:
+            self.threads = self.cpu.threads = cpu_threads
+
     # -- measurement --------------------------------------------------------------------------------
     def set_timer(self, timer: PhaseTimer | None) -> None:
         """Phases of every step go to `timer` (executor spans, and cpu_experts from the worker)."""
