@@ -90,3 +90,12 @@ def test_compact_slots():
     assert compact_slots(torch.full((2, 2), -1), torch.ones(2, 2)) is None
     full = torch.tensor([[1, 2]])
     assert compact_slots(full, torch.ones(1, 2))[0] is full
+
+
+def test_fast_precision_executor_matches_module_forward(case):
+    """precision="fast" (bf16 device side, the kernels' fast mode): same ops, same order, same logits."""
+    path, ids, _ = case
+    module = hybrid_k2.load(path, precision="fast", runtime=RuntimeConfig(executor="module"))
+    hybrid = hybrid_k2.load(path, precision="fast")
+    assert hybrid.net.dtype == torch.bfloat16
+    assert (run(hybrid, ids) - run(module, ids)).abs().max().item() <= TOL

@@ -69,10 +69,11 @@ def test_cpu_job_runs_while_the_shared_expert_runs(path, overlap):
     job_started, shared_started = threading.Event(), threading.Event()
     real_compute = rt.cpu.compute
 
-    def gated_compute(*args, **kw):  # on the worker thread, inside the cpu_experts span
-        job_started.set()
-        shared_started.wait(timeout)
-        real_compute(*args, **kw)
+    def gated_compute(layer, *args, **kw):  # on the worker thread, inside the cpu_experts span
+        if layer == 2:
+            job_started.set()
+            shared_started.wait(timeout)
+        real_compute(layer, *args, **kw)
 
     def before_shared(module, inputs):  # on the main thread, inside the shared_experts span
         job_started.wait(timeout)
