@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+BLOCK_BYTES = 64 * 2**20  # largest dequantised weight block alive at once (the planner counts it)
+
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [out, in] -> (q [out, in] int8, scale [out] fp32), symmetric per output channel."""
@@ -39,7 +41,15 @@ class Int8Linear(nn.Module):
         return (self.weight_int8.float() * self.weight_scale[:, None]).to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
-        return F.linear(x, self.weight_int8.to(x.dtype)) * self.weight_scale.to(x.dtype)
+        # Dequantise BLOCK_BYTES of rows at a time: lm_head in bf16 would be a 2.35 GB temporary.
+        rows = max(1, BLOCK_BYTES // (self.in_features * x.element_size()))
+        if rows >= self.out_features:
+            return F.linear(x, self.weight_int8.to(x.dtype)) * self.weight_scale.to(x.dtype)
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
+        for o0 in range(0, self.out_features, rows):
+            o1 = min(o0 + rows, self.out_features)
+            out[..., o0:o1] = F.linear(x, self.weight_int8[o0:o1].to(x.dtype)) * self.weight_scale[o0:o1].to(x.dtype)
+        return out
 
     @property
     def nbytes(self) -> int:

@@ -140,6 +140,10 @@ def _fixed(a, rp, o: PlanOptions):
     per_expert = routed_bytes_per_expert(a)
     n_hot = rp.n_device_experts
     expert_scratch = 3 * a.hidden_size * a.moe_intermediate_size * dt if (n_hot or o.device_prefill) else 0
+    if rp.int8_linears:  # one dequantised block of an int8 linear at a time (runtime/int8.py)
+        from hybrid_k2.runtime.int8 import BLOCK_BYTES
+
+        expert_scratch += BLOCK_BYTES
     stream = 2 * o.stream_chunk * per_expert if o.device_prefill else 0
     embed = a.vocab_size * a.hidden_size * (2 if o.precision == "fast" else 4)
     return dict(dt=dt, weights=weights + (embed_dev if rp.embed == "device" else 0), hot=n_hot * per_expert,

@@ -75,7 +75,8 @@ class Runtime:
         self.net, self.stores, self.prepared = net, stores, prepared
         self.config, self.args = prepared.config, prepared.args
         self.timer: PhaseTimer = NullTimer()
-        self.threads = self.config.cpu_threads or detect().default_threads
+        self.machine = detect()
+        self.threads = self.config.cpu_threads or self.machine.default_threads
         self.backend = prepared.backend
         self.transfer = Transfer(net.device)
         self.cpu = CpuExperts(stores, backend=self.backend, precision=prepared.precision, threads=self.threads,
@@ -147,6 +148,7 @@ class Runtime:
     def describe(self) -> str:
         p = self.prepared
         return (f"executor={self.config.executor} experts={self.backend} threads={self.threads} "
+                f"(of {self.machine.physical_cores} physical cores, {len(self.machine.numa_nodes)} NUMA nodes) "
                 f"overlap={self.config.overlap} defer={self.config.defer_experts} "
                 f"gpu_experts={p.placement.n_device_experts} int8_linears={len(p.placement.int8_linears)} "
                 f"device_prefill_threshold={self.config.device_prefill_threshold}")
