@@ -33,6 +33,7 @@ struct Acts {
   const float* d4;      // [*, ld/8]  d of the group, repeated 4 times (one per int32 lane of a group)
   const int32_t* c4;    // [*, ld/8]  8 * sum of the 8 q8 values feeding each int32 lane (offset fix)
   const float* e;       // [*, ld/32] 8 * d * sum(q) of the group (offset fix for the GEMM kernels)
+  const float* d;       // [*, ld/32] d of the group
   int64_t ld;           // elements per activation row (= cols of the matrix)
 };
 
@@ -50,8 +51,8 @@ struct MoeKernels {
   int gemm_min_tokens;    // tokens of one expert from which the GEMM kernels win over the GEMV ones
   // x: [n] fp32 -> out: [n] in k-order(P)
   void (*permute_row)(const float* x, int n, float* out);
-  // x: [n] fp32 -> q8 [n], d4 [n/8], c4 [n/8], e [n/32] in k-order(P)
-  void (*quantize_row)(const float* x, int n, int8_t* q, float* d4, int32_t* c4, float* e);
+  // x: [n] fp32 -> q8 [n], d4 [n/8], c4 [n/8], e [n/32], d [n/32] in k-order(P)
+  void (*quantize_row)(const float* x, int n, int8_t* q, float* d4, int32_t* c4, float* e, float* d);
   // h[i] = silu(g[i]) * u[i]
   void (*swiglu)(const float* g, const float* u, int n, float* h);
   MatmulFn gemv_exact, gemm_exact, gemv_fast, gemm_fast;

@@ -30,7 +30,7 @@ static void permute_row_t(const float* x, int n, float* out) {
 
 // q8_0-style: d = max|x| / 127 per group of 32, q = round-to-nearest-even(x / d).
 template <int P>
-static void quantize_row_t(const float* x, int n, int8_t* q, float* d4, int32_t* c4, float* e) {
+static void quantize_row_t(const float* x, int n, int8_t* q, float* d4, int32_t* c4, float* e, float* dg) {
   const int G = n / 32;
   alignas(64) int8_t nat[32];
   for_each_block(G, P, [&](int g0, int p) {
@@ -50,6 +50,7 @@ static void quantize_row_t(const float* x, int n, int8_t* q, float* d4, int32_t*
       }
       for (int l = 0; l < 4; ++l) d4[4 * g + l] = d;
       e[g] = 8.f * d * float(sum);
+      dg[g] = d;
       int8_t* dst = q + 32 * g0;
       if (P == 0) {
         std::memcpy(dst + 32 * j, nat, 32);

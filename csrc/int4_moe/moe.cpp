@@ -77,14 +77,15 @@ struct ActBuf {
   float* d4 = nullptr;
   int32_t* c4 = nullptr;
   float* e = nullptr;
+  float* d = nullptr;
   int64_t ld = 0;
-  Acts view() const { return {f32, q8, d4, c4, e, ld}; }
+  Acts view() const { return {f32, q8, d4, c4, e, d, ld}; }
   void fill(const MoeKernels& k, bool fast, int64_t row, int64_t c0, const float* src, int n) const {
     if (fast && k.prepare_fast_f32)
       k.prepare_fast_f32(src, n, f32 + row * ld + c0);
     else if (fast)
       k.quantize_row(src, n, q8 + row * ld + c0, d4 + row * (ld / 8) + c0 / 8,
-                     c4 + row * (ld / 8) + c0 / 8, e + row * (ld / 32) + c0 / 32);
+                     c4 + row * (ld / 8) + c0 / 8, e + row * (ld / 32) + c0 / 32, d + row * (ld / 32) + c0 / 32);
     else
       k.permute_row(src, n, f32 + row * ld + c0);
   }
@@ -129,6 +130,7 @@ ActBuf carve(uint8_t* base, int64_t* off, int64_t rows, int64_t n, bool q8) {
     b.d4 = reinterpret_cast<float*>(take(rows * (n / 8) * 4));
     b.c4 = reinterpret_cast<int32_t*>(take(rows * (n / 8) * 4));
     b.e = reinterpret_cast<float*>(take(rows * (n / 32) * 4));
+    b.d = reinterpret_cast<float*>(take(rows * (n / 32) * 4));
   } else {
     b.f32 = reinterpret_cast<float*>(take(rows * n * 4));
   }
