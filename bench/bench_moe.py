@@ -74,6 +74,20 @@ def torch_baseline(experts, tokens, repeats):
     return time_call(run, repeats)
 
 
+def fast_mode_error(experts, *, isa, tokens=16, seed=3, outliers=False):
+    """Fast vs exact at the real shape: relative Frobenius error and max error over max |exact|.
+    With outliers=True a few hidden channels are 30x larger, as in real LLM activations."""
+    ids, w = random_routing(tokens=tokens, top_k=K, num_experts=experts.num_experts, seed=seed)
+    x = torch.randn(tokens, D, generator=torch.Generator().manual_seed(seed))
+    if outliers:
+        x[:, ::512] *= 30
+    exact = moe_forward(x=x, expert_ids=ids, weights=w, experts=experts, precision="exact", isa=isa)
+    fast = moe_forward(x=x, expert_ids=ids, weights=w, experts=experts, precision="fast", isa=isa)
+    d = fast - exact
+    return dict(isa=isa, tokens=tokens, outliers=outliers, rel_fro=(d.norm() / exact.norm()).item(),
+                max_rel=(d.abs().max() / exact.abs().max()).item())
+
+
 def python_overhead_us(repeats=200):
     """submit + wait of a near-empty op (1 token, one 32x32 expert) through the pool: the per-call cost."""
     tiny = random_experts(num_experts=1, hidden=32, intermediate=32)
@@ -99,6 +113,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--torch-max-tokens", type=int, default=64)
     ap.add_argument("--no-extra", action="store_true", help="skip peer16/spread384/scaling rows")
+    ap.add_argument("--error", action="store_true", help="only measure the fast mode's error against exact")
     ap.add_argument("--output", choices=("table", "json"), default="table")
     a = ap.parse_args()
     from hybrid_k2 import _C
@@ -107,6 +122,16 @@ def main():
     isas = a.isa or [i for i in available_isas() if i != "scalar"]
     experts = random_experts(num_experts=a.experts, hidden=D, intermediate=I, seed=0)  # load touches every page
     expert_bytes = experts.expert_nbytes()
+    torch.set_num_threads(1)  # torch's OpenMP workers spin after each op and would steal the kernels' cores
+    if a.error:
+        rows = [fast_mode_error(experts, isa=isa, outliers=o) for isa in isas for o in (False, True)]
+        if a.output == "json":
+            print(json.dumps(rows, indent=1))
+        else:
+            for r in rows:
+                print(f"{r['isa']:>11} T={r['tokens']} outliers={r['outliers']!s:<5} relative Frobenius error "
+                      f"{r['rel_fro']:.2e}, max error / max |exact| {r['max_rel']:.2e}")
+        return
     bw = {t: measure_bandwidth(size_mb=1024, threads=t, repeats=3)["best_gbps"] for t in sorted({1, threads})}
     peak = {t: _C.int8_peak_gops(t) for t in sorted({1, threads})} if "avx2" in available_isas() else {}
 
@@ -132,6 +157,7 @@ def main():
                         and isa == isas[0]:
                     torch.set_num_threads(th)
                     row["torch_ms"] = torch_baseline(experts, T, a.repeats) * 1e3
+                    torch.set_num_threads(1)
                 rows.append(row)
     overhead = python_overhead_us()
     if a.output == "json":

@@ -48,7 +48,9 @@ constexpr int64_t kScratchBytes = 1 << 21;
 struct MoeKernels {
   const char* name;
   int P;                  // k-order of the activations (see above)
-  int gemm_min_tokens;    // tokens of one expert from which the GEMM kernels win over the GEMV ones
+  // Tokens of one expert from which the GEMM kernels beat the GEMV ones, [exact, fast]; measured
+  // per ISA (docs/kernels.md, "GEMV/GEMM switch").
+  int gemm_min_tokens[2];
   // x: [n] fp32 -> out: [n] in k-order(P)
   void (*permute_row)(const float* x, int n, float* out);
   // x: [n] fp32 -> q8 [n], d4 [n/8], c4 [n/8], e [n/32], d [n/32] in k-order(P)

@@ -117,7 +117,7 @@ void gemm_fast_amx(const Int4Matrix& w, int r0, int r1, const Acts& a, const int
   _tile_release();
 }
 
-const MoeKernels kTable = {"amx", P, /*gemm_min_tokens=*/16, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
+const MoeKernels kTable = {"amx", P, /*gemm_min_tokens=*/{8, 16}, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
                            gemv_exact, gemm_exact, gemv_fast, gemm_fast_amx};
 
 }  // namespace

@@ -307,7 +307,7 @@ void gemm_exact(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_
 }
 
 const MoeKernels kAvx2 = {
-    "avx2", P, /*gemm_min_tokens=*/8,
+    "avx2", P, /*gemm_min_tokens=*/{4, 10},  // measured here (Zen 3), docs/kernels.md
     permute_row_t<P>, quantize_row_t<P>, swiglu_t,
     gemv_exact, gemm_exact, gemv_fast, gemm_fast,
 };

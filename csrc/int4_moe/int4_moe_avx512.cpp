@@ -23,7 +23,7 @@ constexpr int P = 4;
 #include "int4_moe/int4_moe_generic.inl"
 #include "int4_moe/int4_moe_x86.inl"
 #include "int4_moe/int4_moe_avx512.inl"
-const MoeKernels kTable = {"avx512", P, /*gemm_min_tokens=*/8, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
+const MoeKernels kTable = {"avx512", P, /*gemm_min_tokens=*/{8, 10}, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
                            gemv_exact, gemm_exact, gemv_fast, gemm_fast};
 }  // namespace
 }  // namespace avx512_plain
@@ -39,7 +39,7 @@ constexpr int P = 4;
 #include "int4_moe/int4_moe_generic.inl"
 #include "int4_moe/int4_moe_x86.inl"
 #include "int4_moe/int4_moe_avx512.inl"
-const MoeKernels kTable = {"avx512vnni", P, /*gemm_min_tokens=*/8, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
+const MoeKernels kTable = {"avx512vnni", P, /*gemm_min_tokens=*/{8, 10}, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
                            gemv_exact, gemm_exact, gemv_fast, gemm_fast};
 }  // namespace
 }  // namespace avx512_vnni

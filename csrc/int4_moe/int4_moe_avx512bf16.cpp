@@ -169,7 +169,7 @@ void gemm_bf16(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
     }
 }
 
-const MoeKernels kTable = {"avx512bf16", P, /*gemm_min_tokens=*/8, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
+const MoeKernels kTable = {"avx512bf16", P, /*gemm_min_tokens=*/{8, 8}, permute_row_t<P>, quantize_row_t<P>, swiglu_t,
                            gemv_exact, gemm_exact, gemv_bf16, gemm_bf16, prepare_bf16_row};
 
 }  // namespace

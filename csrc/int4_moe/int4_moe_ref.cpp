@@ -55,7 +55,7 @@ void matmul_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32
 }
 
 const MoeKernels kScalar = {
-    "scalar", /*P=*/0, /*gemm_min_tokens=*/1 << 30,
+    "scalar", /*P=*/0, /*gemm_min_tokens=*/{1 << 30, 1 << 30},
     permute_row_t<0>, quantize_row_t<0>, swiglu_t,
     matmul_exact, matmul_exact, matmul_fast, matmul_fast,
 };

@@ -9,7 +9,7 @@
 //      experts in ascending order, so each output element has one writer and a fixed summation
 //      order (results do not depend on the thread count).
 // Tasks are taken from atomic counters, so 2..N threads share every expert (T = 1 included).
-// An expert with fewer than kern->gemm_min_tokens tokens uses the GEMV kernels (stream the weights
+// An expert with fewer than kern->gemm_min_tokens[fast] tokens uses the GEMV kernels (stream the weights
 // once, all its tokens per row block), otherwise the GEMM kernels (unpack a weight block once,
 // reuse it across token tiles). Tokens of one expert go through in chunks of kTokenChunk to bound
 // the scratch.
@@ -229,8 +229,8 @@ void run_moe(MoeJob& job, ThreadPool& pool, int tid, int nthreads) {
     const ExpertRun& run = job.runs[task / blocks1];
     const int r0 = (task % blocks1) * kRows1, r1 = std::min(I, r0 + kRows1), nr = r1 - r0;
     const Int4Matrix wg = X.gate(run.e), wu = X.up(run.e);
-    const MatmulFn mm = c.fast ? (run.count >= k.gemm_min_tokens ? k.gemm_fast : k.gemv_fast)
-                               : (run.count >= k.gemm_min_tokens ? k.gemm_exact : k.gemv_exact);
+    const bool gemm = run.count >= k.gemm_min_tokens[c.fast];
+    const MatmulFn mm = c.fast ? (gemm ? k.gemm_fast : k.gemv_fast) : (gemm ? k.gemm_exact : k.gemv_exact);
     for (int m0 = 0; m0 < run.count; m0 += kTokenChunk) {
       const int M = std::min(kTokenChunk, run.count - m0);
       const int32_t* toks = job.slot_tok.data() + run.first + m0;
@@ -253,8 +253,8 @@ void run_moe(MoeJob& job, ThreadPool& pool, int tid, int nthreads) {
     for (int t = 0; t < c.T; ++t) std::memset(c.out + int64_t(t) * D + r0, 0, sizeof(float) * nr);
     for (const ExpertRun& run : job.runs) {
       const Int4Matrix wd = X.down(run.e);
-      const MatmulFn mm = c.fast ? (run.count >= k.gemm_min_tokens ? k.gemm_fast : k.gemv_fast)
-                                 : (run.count >= k.gemm_min_tokens ? k.gemm_exact : k.gemv_exact);
+      const bool gemm = run.count >= k.gemm_min_tokens[c.fast];
+      const MatmulFn mm = c.fast ? (gemm ? k.gemm_fast : k.gemv_fast) : (gemm ? k.gemm_exact : k.gemv_exact);
       for (int m0 = 0; m0 < run.count; m0 += kTokenChunk) {
         const int M = std::min(kTokenChunk, run.count - m0);
         for (int m = 0; m < M; ++m) slots[m] = run.first + m0 + m;
