@@ -29,6 +29,10 @@ def _throughput(ax, doc: dict) -> None:
         ax.plot([r["depth"] for r in rows], [r["ceiling"]["serial_tok_s"] for r in rows], "k--", marker="x",
                 label=f"decode ceiling t{threads} (bytes / bandwidth)")
     ax.set_yscale("log")
+    from matplotlib.ticker import LogFormatter
+
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # plain numbers, not 4 x 10^0
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("context depth (tokens already cached)")
     ax.set_ylabel("tokens / s (mean ± std)")
     ax.set_title("throughput")
