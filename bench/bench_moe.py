@@ -139,8 +139,11 @@ def main():
     if not a.no_extra:
         plan += [("peer16", T, 16, T, threads) for T in (128, 512)]
         plan += [("spread384", T, a.experts, max(1, round(T * a.experts / 384)), threads) for T in (128, 512)]
-        if threads > 1:
-            plan += [("uniform", T, a.experts, T, 1) for T in (1, 128)]
+        if threads > 1:  # 1 -> N thread scaling at decode (T = 1) and prefill (T = 128)
+            for T in (1, 128):
+                if T not in a.tokens:
+                    plan.append(("uniform", T, a.experts, T, threads))
+                plan.append(("uniform", T, a.experts, T, 1))
     rows = []
     for isa in isas:
         for precision in a.precision:

@@ -19,14 +19,22 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins up to `micros` for pred() to hold; returns whether it did.
+// Waits up to `micros` for pred() to hold without sleeping; returns whether it did. After a short
+// pause-spin it yields the CPU on every check: the pool usually has one worker per core, so the
+// waiting thread (the Python thread in wait(), a worker at a barrier) must not keep a core from
+// the worker that still has work. Spinning with pause alone made a near-empty call 114 us on 2
+// cores instead of a few.
 template <class Pred>
 bool spin_for(Pred pred, int micros) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
-  for (int i = 0;; ++i) {
+  for (int i = 0; i < 64; ++i) {
     if (pred()) return true;
     cpu_relax();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() > end) return false;
+  }
+  const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (;;) {
+    if (pred()) return true;
+    sched_yield();
+    if (std::chrono::steady_clock::now() > end) return pred();
   }
 }
 

@@ -52,7 +52,9 @@ inline __m256 scale_pair(const uint16_t* p) {
 // ---------------------------------------------------------------------------------------------
 // GEMV, fast (q8 activations)
 
-constexpr int kPrefetch = 1024;  // bytes ahead in each row stream
+// Software prefetch: the same bytes of the next 4-row block (4 row lengths ahead). Measured here
+// against fixed distances of 0.5-8 KB: from RAM, 1 thread 15 GB/s instead of 11, 2 threads ~28
+// instead of ~22 (the hardware prefetchers alone do not keep 4 interleaved row streams ahead).
 
 // One 2-group block of one row: int32 lanes of dot(u, q) (lanes 0-3 first group, 4-7 second).
 inline __m256i block_dot_u8(const uint8_t* p, __m256i xa, __m256i xb, __m256i m4, __m256i ones) {
@@ -84,8 +86,8 @@ void gemv_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
         for (int j = 0; j < 4; ++j) {
           const uint8_t* p = wr + j * rb + 128 * c;
           if (m == 0) {
-            _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + 64), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(p + 4 * rb), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(p + 4 * rb + 64), _MM_HINT_T0);
           }
           const __m256 sw8 = load_bf16x8(sr + j * G + 8 * c);
           acc[j] = _mm256_fnmadd_ps(sw8, _mm256_loadu_ps(e + 8 * c), acc[j]);
@@ -147,7 +149,7 @@ void gemv_exact(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_
       __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
       for (int b = 0; b < nblk; ++b) {
         const uint8_t* p = wr + 32 * b;
-        if (m == 0 && (b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
+        if (m == 0 && (b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p + 4 * rb), _MM_HINT_T0);
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
         const __m256i lo = _mm256_sub_epi8(_mm256_and_si256(wv, m4), eight);
         const __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), eight);

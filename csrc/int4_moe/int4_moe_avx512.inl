@@ -29,8 +29,6 @@ inline __m512 scale_quad(const uint16_t* p) {
                                _mm512_castps128_ps512(f));
 }
 
-constexpr int kPrefetch512 = 1024;
-
 void gemv_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t* idx, int M, float* y, int ldy,
                uint8_t*) {
   const int G = w.cols / 32, nblk = G / 4;
@@ -51,7 +49,7 @@ void gemv_fast(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
         const __m512 dx = _mm512_loadu_ps(d4 + 16 * b);
         for (int j = 0; j < 4; ++j) {
           const uint8_t* p = wr + j * rb + 64 * b;
-          if (m == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch512), _MM_HINT_T0);
+          if (m == 0) _mm_prefetch(reinterpret_cast<const char*>(p + 4 * rb), _MM_HINT_T0);  // next 4-row block
           const __m512i wv = _mm512_loadu_si512(p);
           const __m512i lo = _mm512_and_si512(wv, m4);
           const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
@@ -85,7 +83,7 @@ void gemv_exact(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_
       const float* x = a.f32 + int64_t(idx[m]) * a.ld;
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
       for (int g = 0; g < G; ++g) {
-        if (m == 0 && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + 16 * g + kPrefetch512), _MM_HINT_T0);
+        if (m == 0 && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + 16 * g + 4 * rb), _MM_HINT_T0);
         const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 16 * g));
         const __m128i qe = _mm_sub_epi8(_mm_and_si128(wv, m4), eight);
         const __m128i qo = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(wv, 4), m4), eight);

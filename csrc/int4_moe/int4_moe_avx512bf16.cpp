@@ -79,7 +79,7 @@ void gemv_bf16(const Int4Matrix& w, int r0, int r1, const Acts& a, const int32_t
         const __m512i xb = pack_bf16(x + even[g], x + odd[g]);
         for (int j = 0; j < 4; ++j) {
           const uint8_t* p = wr + j * rb + 16 * g;
-          if (m == 0 && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch512), _MM_HINT_T0);
+          if (m == 0 && (g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p + 4 * rb), _MM_HINT_T0);
           const __m512 t = dot_bf16(_mm512_setzero_ps(), group_bf16(p, lut), xb);
           acc[j] = _mm512_fmadd_ps(t, _mm512_set1_ps(bf16_to_f32(sr[j * G + g])), acc[j]);
         }
