@@ -31,13 +31,14 @@ def run_bench(opts) -> dict:
     demo = opts.model is None
     path = demo_model_path() if demo else Path(opts.model)
     hw = hardware.describe(__import__("torch").device(opts.device))
+    provenance = hardware.provenance()  # at the start: the checkout may move during a long run
 
     def progress():
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not show)
 
     data, model = runner.run(opts, path, hw, progress, show_progress=show)
-    doc = result.build(opts, data, model, hw, hardware.provenance(), demo)
+    doc = result.build(opts, data, model, hw, provenance, demo)
     out = sys.stdout
     if opts.output == "json":
         out.write(render.to_json(doc))
