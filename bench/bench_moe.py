@@ -88,6 +88,24 @@ def fast_mode_error(experts, *, isa, tokens=16, seed=3, outliers=False):
                 max_rel=(d.abs().max() / exact.abs().max()).item())
 
 
+def load_emulated():
+    """The `_C_emu` test module: the AVX-512/AMX kernels on SIMDe (slow; for error figures only)."""
+    import importlib.machinery
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "tests" / "build.py"
+    spec = importlib.util.spec_from_file_location("hk2_kernel_build", path)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    so = build.build_emu()
+    loader = importlib.machinery.ExtensionFileLoader("_C_emu", so)
+    spec = importlib.util.spec_from_file_location("_C_emu", so, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
 def python_overhead_us(repeats=200):
     """submit + wait of a near-empty op (1 token, one 32x32 expert) through the pool: the per-call cost."""
     tiny = random_experts(num_experts=1, hidden=32, intermediate=32)
@@ -114,6 +132,8 @@ def main():
     ap.add_argument("--torch-max-tokens", type=int, default=64)
     ap.add_argument("--no-extra", action="store_true", help="skip peer16/spread384/scaling rows")
     ap.add_argument("--error", action="store_true", help="only measure the fast mode's error against exact")
+    ap.add_argument("--emulated", action="store_true",
+                    help="with --error: the AVX-512/AMX paths of the SIMDe test build (csrc/tests/build.py)")
     ap.add_argument("--output", choices=("table", "json"), default="table")
     a = ap.parse_args()
     from hybrid_k2 import _C
@@ -124,6 +144,10 @@ def main():
     expert_bytes = experts.expert_nbytes()
     torch.set_num_threads(1)  # torch's OpenMP workers spin after each op and would steal the kernels' cores
     if a.error:
+        if a.emulated:
+            emu = load_emulated()
+            experts = random_experts(num_experts=16, hidden=D, intermediate=I, seed=0, _module=emu)
+            isas = ["avx512", "avx512vnni", "avx512bf16", "amx"]
         rows = [fast_mode_error(experts, isa=isa, outliers=o) for isa in isas for o in (False, True)]
         if a.output == "json":
             print(json.dumps(rows, indent=1))

@@ -19,7 +19,7 @@ PYBIND11_MODULE(HK2_MODULE_NAME, m) {
   m.doc() = "hybrid-k2 CPU kernels";
   // Bad input inside the kernels raises hybrid_k2.errors.HybridK2Error (one line, no traceback).
   static py::object base = py::module_::import("hybrid_k2.errors").attr("HybridK2Error");
-  py::register_exception<hk2::Error>(m, "KernelError", base.ptr());
+  py::register_local_exception<hk2::Error>(m, "KernelError", base.ptr());
   hk2::register_int4_moe(m);
   hk2::register_bandwidth(m);
 }

@@ -73,3 +73,13 @@ def test_emulated_path(experts, isa, T, K):
         assert rel_err(fast, scalar) < FAST_VS_SCALAR_RTOL
     if T > 2:
         assert torch.all(exact[2] == 0) and torch.all(fast[2] == 0)
+
+
+def test_emulated_module_loads_beside_the_real_one(emu):
+    """Both builds bind the same C++ types; they must live side by side in one process."""
+    from hybrid_k2 import _C
+    from hybrid_k2.kernels import PackedExperts
+
+    assert _C.ExpertStore is not emu.ExpertStore
+    real = PackedExperts.empty(num_experts=1, hidden=32, intermediate=32)
+    assert real._module is _C

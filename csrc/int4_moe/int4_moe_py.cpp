@@ -65,7 +65,8 @@ MoeHandle submit(const ExpertStore& store, uintptr_t x, bool x_bf16, int T, uint
 }  // namespace
 
 void register_int4_moe(py::module_& m) {
-  py::class_<ExpertStore>(m, "ExpertStore", py::buffer_protocol())
+  // module_local: the emulated-ISA test module (_C_emu) binds the same C++ types in one process.
+  py::class_<ExpertStore>(m, "ExpertStore", py::module_local(), py::buffer_protocol())
       .def(py::init<int, int, int, const std::string&>(), py::arg("num_experts"), py::arg("hidden"),
            py::arg("intermediate"), py::arg("layout"))
       .def_property_readonly("num_experts", &ExpertStore::num_experts)
@@ -99,7 +100,7 @@ void register_int4_moe(py::module_& m) {
                                {py::ssize_t(s.total_bytes())}, {py::ssize_t(1)}, /*readonly=*/false);
       });
 
-  py::class_<MoeHandle>(m, "MoeHandle")
+  py::class_<MoeHandle>(m, "MoeHandle", py::module_local())
       .def("wait", &MoeHandle::wait, py::call_guard<py::gil_scoped_release>())
       .def("done", &MoeHandle::done);
 

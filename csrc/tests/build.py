@@ -6,6 +6,8 @@ tests/test_kernels_sanitizers.py, or by hand: `python csrc/tests/build.py emu|as
         path runs (slowly) on any AVX2 machine and is checked against the references.
   asan: csrc/tests/test_int4_moe.cpp with the kernel sources (emulated paths included), built with
         AddressSanitizer + UndefinedBehaviorSanitizer; prints "N passed, M failed".
+  switch: csrc/tests/bench_gemv_gemm.cpp, the GEMV/GEMM crossover of the AVX2 kernels (run it:
+        `$(python csrc/tests/build.py switch) fast|exact`).
 
 Outputs are cached in build/kernel-tests/<hash of sources and flags>/ so that a second run of the
 tests does not compile again. Nothing here is part of `pip install .`.
@@ -105,6 +107,13 @@ def build_asan() -> str:
     return _build("asan", srcs, common, ["-pthread"], "test_int4_moe")
 
 
+def build_switch() -> str:
+    """Path of the GEMV/GEMM crossover benchmark (AVX2 kernels, -O3 as in setup.py)."""
+    srcs = [os.path.join(CSRC, "int4_moe", n) for n in ("int4_moe_avx2.cpp", "int4_moe_ref.cpp")] \
+        + [os.path.join(CSRC, "tests", "bench_gemv_gemm.cpp")]
+    return _build("switch", srcs, ["-std=c++17", "-O3", f"-I{CSRC}"], [], "bench_gemv_gemm")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "emu"
-    print({"emu": build_emu, "asan": build_asan}[which]())
+    print({"emu": build_emu, "asan": build_asan, "switch": build_switch}[which]())
