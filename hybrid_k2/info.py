@@ -86,7 +86,18 @@ def decode_expert_bytes_per_token(a: ModelArgs) -> int:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:,.2f} GB"
+    """Decimal units, the largest that keeps the figure >= 1 (K2 in GB, tiny models in kB or MB)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n} B"
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.3f} {unit}"
+    return str(n)
 
 
 def print_info(model: Path | None) -> None:
@@ -122,9 +133,9 @@ def print_info(model: Path | None) -> None:
     t.add_column("params", justify="right")
     t.add_column("bytes", justify="right")
     t.add_row("attention + norms + dense + router + shared + lm_head", "GPU (bf16)",
-              f"{s.device_params / 1e9:,.3f} B", _gb(s.device_bytes))
-    t.add_row("embedding table", "host RAM (bf16)", f"{s.embed_params / 1e9:,.3f} B", _gb(s.embed_bytes))
-    t.add_row("routed experts", "host RAM (INT4 + bf16 scales)", f"{s.routed_params / 1e9:,.3f} B",
+              _count(s.device_params), _gb(s.device_bytes))
+    t.add_row("embedding table", "host RAM (bf16)", _count(s.embed_params), _gb(s.embed_bytes))
+    t.add_row("routed experts", "host RAM (INT4 + bf16 scales)", _count(s.routed_params),
               _gb(s.routed_bytes))
     console.print(t)
     console.print(f"KV cache: {kv_bytes_per_token(a):,} B per token (bf16 latent, {a.kv_dim} values x "
