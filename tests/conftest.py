@@ -21,6 +21,9 @@ except ImportError:
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """The demo model and benchmark caches go to a per-run folder, inherited by CLI subprocesses."""
+    # `python -m hybrid_k2.cli` in a subprocess must import the installed package (with its built _C),
+    # not the source folder the tests run from: Python 3.11's PYTHONSAFEPATH keeps cwd off sys.path.
+    os.environ["PYTHONSAFEPATH"] = "1"
     if "HYBRID_K2_TEST_KEEP_CACHE" not in os.environ:
         os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     yield
