@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from hybrid_k2.errors import HybridK2Error
+from hybrid_k2.runtime.cli_options import runtime_options
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -51,6 +52,7 @@ def make_tiny_cmd(
 
 
 @app.command("chat")
+@runtime_options
 def chat_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the random-weight demo model)."),
     tools: Optional[Path] = typer.Option(None, "--tools", help="JSON file with a list of tool declarations (OpenAI format)."),
@@ -67,6 +69,7 @@ def chat_cmd(
     max_context: Optional[int] = typer.Option(None, "--max-context", help="Context window in tokens (default: the model's)."),
     device: str = typer.Option("cpu", help="Device for attention/dense weights."),
     precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
+    runtime=None,
 ) -> None:
     """Talk to the model in the terminal: streamed answers, thinking shown dimmed, tool calls, /help."""
     from hybrid_k2.chat.repl import run_chat
@@ -77,10 +80,11 @@ def chat_cmd(
                             thinking_budget=thinking_budget)
     raise SystemExit(run_chat(model, tools_file=tools, builtin_tools=builtin_tools, params=params, system=system,
                               show_thinking=not hide_thinking, max_context=max_context, device=device,
-                              precision=precision))
+                              precision=precision, runtime=runtime))
 
 
 @app.command("bench")
+@runtime_options
 def bench_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the demo model)."),
     n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="Prompt tokens of the pp test (0: skip pp)."),
@@ -90,8 +94,6 @@ def bench_cmd(
     batch: str = typer.Option("512", "--batch", "-b", help="Prompt tokens per forward during pp (list or range)."),
     threads: Optional[str] = typer.Option(None, "--threads", "-t",
                                           help="Expert-kernel threads (list; default: physical cores)."),
-    torch_threads: Optional[int] = typer.Option(None, "--torch-threads",
-                                                help="torch threads of the device side (default: 1 on cpu)."),
     precision: str = typer.Option("fast", help="fast (bf16 + fast kernels) or exact (fp32)."),
     device: str = typer.Option("cpu", help="Device for attention/dense weights."),
     output: str = typer.Option("table", "--output", "-o", help="table | json | csv | md."),
@@ -102,6 +104,7 @@ def bench_cmd(
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Warm up (and touch every expert) first."),
     reprobe: bool = typer.Option(False, "--reprobe", help="Measure the memory bandwidth again (else cached)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+    runtime=None,
 ) -> None:
     """Prompt-processing and generation tokens/s (llama-bench style), step breakdown, bandwidth roofline."""
     from hybrid_k2.bench import run_bench
@@ -110,7 +113,7 @@ def bench_cmd(
     try:
         opts = BenchOptions(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                             depths=parse_int_list(depth, "--depth"), batches=parse_int_list(batch, "--batch"),
-                            threads=parse_int_list(threads, "--threads", minimum=1), torch_threads=torch_threads,
+                            threads=parse_int_list(threads, "--threads", minimum=1), runtime=runtime,
                             precision=precision, device=device,
                             output=output, plot=plot, project=Target.parse(project) if project else None,
                             seed=seed, warmup=warmup, reprobe=reprobe, progress=progress)
@@ -130,6 +133,7 @@ def info_cmd(
 
 
 @app.command("serve")
+@runtime_options
 def serve_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
@@ -149,8 +153,9 @@ def serve_cmd(
                                         help="reasoning_content | reasoning | both (newer vLLM clients read 'reasoning')."),
     device: str = typer.Option("cpu", help="Device for attention/dense weights."),
     precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(None, help="Same as --torch-threads (kept for old scripts)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+    runtime=None,
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
     from hybrid_k2.serve.engine import ServeConfig
@@ -161,10 +166,11 @@ def serve_cmd(
                          thinking_token_budget=thinking_token_budget, reasoning_field=reasoning_field)
     run_server(model=model, host=host, port=port, api_key=api_key, config=config, max_queue=max_queue,
                max_body_bytes=max_body_bytes, device=device, precision=precision, threads=threads,
-               log_level=log_level)
+               log_level=log_level, runtime=runtime)
 
 
 @app.command("plan")
+@runtime_options
 def plan_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder or config.json (no weights needed)."),
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory budget, e.g. 24GiB."),
@@ -172,13 +178,9 @@ def plan_cmd(
     ctx: int = typer.Option(131072, "--ctx", help="Context length the plan must hold."),
     precision: str = typer.Option("fast", help="fast (bf16 on the GPU) or exact (fp32)."),
     device: str = typer.Option("cuda", help="cuda (GPU classes on the GPU) or cpu (everything in RAM)."),
-    place: Optional[list[str]] = typer.Option(None, "--place", help="PATTERN=cpu|device|device-int8 (repeatable)."),
-    gpu_experts: int = typer.Option(0, "--gpu-experts", help="Hot experts per layer kept on the GPU."),
-    expert_counts: Optional[Path] = typer.Option(None, "--expert-counts", help="File from profile-experts."),
     prefill_chunk: int = typer.Option(512, "--prefill-chunk", help="Prompt tokens per forward."),
-    device_prefill_threshold: Optional[int] = typer.Option(None, "--device-prefill-threshold",
-                                                           help="Stream experts to the GPU above this many tokens."),
     output: str = typer.Option("table", "--output", help="table | json"),
+    runtime=None,
 ) -> None:
     """What goes where and how many bytes (GPU weights, KV, activations, experts in RAM), before loading."""
     from hybrid_k2.runtime.report import plan_for, print_plan
@@ -187,13 +189,13 @@ def plan_cmd(
     if output not in ("table", "json"):
         fail(f"--output must be table or json, got {output!r}")
     path = model if model is not None else demo_model_path()
-    plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, ctx=ctx, precision=precision, device=device, place=place,
-                    gpu_experts=gpu_experts, expert_counts=str(expert_counts) if expert_counts else None,
-                    prefill_chunk=prefill_chunk, device_prefill_threshold=device_prefill_threshold)
+    plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, ctx=ctx, precision=precision, device=device,
+                    prefill_chunk=prefill_chunk, runtime=runtime)
     print_plan(plan, output=output, model=path)
 
 
 @app.command("profile-experts")
+@runtime_options
 def profile_experts_cmd(
     prompts: Path = typer.Option(..., "--prompts", help="Text (one prompt per line) or JSON lines."),
     out: Path = typer.Option(..., "--out", help="Counts file to write (read by --gpu-experts)."),
@@ -201,13 +203,14 @@ def profile_experts_cmd(
     device: str = typer.Option("cpu", help="Device for attention/dense weights."),
     precision: str = typer.Option("exact", help="exact or fast."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Use at most this many tokens per prompt."),
+    runtime=None,
 ) -> None:
     """Per-layer routing counts over prompts: which experts are hot."""
     from hybrid_k2.runtime.profile import profile_experts
     from hybrid_k2.tiny import demo_model_path
 
     data = profile_experts(model if model is not None else demo_model_path(), prompts, out, device=device,
-                           precision=precision, max_tokens=max_tokens)
+                           precision=precision, max_tokens=max_tokens, runtime=runtime)
     typer.echo(f"wrote {out}: {data['tokens']} tokens over {data['prompts']} prompts, {len(data['counts'])} MoE layers")
 
 

@@ -124,3 +124,20 @@ def test_bad_flags_one_line_exit_2(args, message):
     lines = [line for line in r.stderr.splitlines() if not line.startswith("note:")]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_runtime_flags_reach_the_loaded_runtime():
+    """The shared runtime flags (hybrid_k2/runtime/cli_options.py) go through hybrid_k2.load."""
+    r = bench(*SMALL, "--cpu-threads", "1", "--defer-experts", "1", "--torch-threads", "2", "-o", "json")
+    doc = json.loads(r.stdout)
+    assert "defer=1" in doc["model"]["runtime"] and "threads=1 " in doc["model"]["runtime"]
+    assert doc["settings"]["torch_threads"] == 2 and doc["settings"]["threads"] == [1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cpu-threads", "2", "-t", "1"], "disagree"),
+    (["--defer-experts", "-1"], "--defer-experts"),
+    (["--torch-threads", "0"], "--torch-threads"),
+])
+def test_bad_runtime_flags_one_line_exit_2(args, message):
+    test_bad_flags_one_line_exit_2(args, message)

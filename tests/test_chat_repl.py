@@ -187,6 +187,22 @@ def test_bad_input_is_one_line(tmp_path, tiny_model, monkeypatch, capsys):
     assert code == 1 and err == "error: temperature must be in [0, 100], got -2.0"
     code, err = run("--model", str(tiny_model), "--max-tokens", "4")  # stdin at its end: leaves cleanly
     assert code == 0, err
+    code, err = run("--model", str(tiny_model), "--defer-experts", "9")  # the tiny model routes top-2
+    assert code == 1 and err == "error: --defer-experts 9 must be below the model's top-k (2)"
+    code, err = run("--model", str(tiny_model), "--cpu-threads", "0")  # refused before loading: a usage error
+    assert code == 2 and err == "error: --cpu-threads must be >= 1"
+
+
+def test_runtime_flags_reach_the_loaded_model(tiny_model, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["hybrid-k2", "chat", "--model", str(tiny_model), "--defer-experts", "1",
+                                      "--cpu-threads", "1", "--torch-threads", "1"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    runtime = next(line for line in out.splitlines() if line.startswith("runtime: "))  # what was loaded
+    assert "defer=1" in runtime and "threads=1 " in runtime and "torch_threads=1" in runtime
 
 
 def test_tools_file_formats(tmp_path):

@@ -236,3 +236,22 @@ def test_auto_tools_with_json_schema_gives_a_call_or_json(client, seed):
             json.loads(call.function.arguments)
     else:
         jsonschema.validate(json.loads(choice.message.content), WEATHER)
+
+
+def test_runtime_flags_reach_the_loaded_model(tiny_model):
+    """`serve --defer-experts 1 --cpu-threads 1` loads the model with that runtime, and it answers."""
+    srv = shared_server(tiny_model, "--defer-experts", "1", "--cpu-threads", "1")
+    runtime = next(line for line in srv.log_text().splitlines() if line.startswith("runtime: "))
+    assert "defer=1" in runtime and "threads=1 " in runtime
+    r = srv.client().chat.completions.create(model=MODEL, messages=USER, max_tokens=3, extra_body=FAST)
+    assert r.usage.completion_tokens >= 1
+
+
+def test_bad_runtime_flag_is_one_line(tiny_model):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "hybrid_k2.cli", "serve", "--model", str(tiny_model),
+                        "--place", "lm_head=gpu"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "error: placement rule lm_head=gpu: target must be one of cpu, device, device-int8"]

@@ -99,7 +99,8 @@ class BenchOptions:
     depths: tuple[int, ...] = (0,)  # tokens already in the cache before the measured part
     batches: tuple[int, ...] = (512,)  # prompt tokens per forward during pp
     threads: tuple[int, ...] = ()  # expert-kernel threads; () : the machine's physical cores
-    torch_threads: int | None = None  # torch intra-op threads (device side on a CPU); None: auto
+    torch_threads: int | None = None  # torch intra-op threads (device side on a CPU); None: the runtime's policy
+    runtime: object = None  # RuntimeConfig from the shared runtime flags (None: the default runtime)
     precision: str = "fast"
     device: str = "cpu"
     output: str = "table"
@@ -127,6 +128,12 @@ class BenchOptions:
         for ok, message in checks:
             if not ok:
                 raise BenchOptionError(message)
+        cpu_threads = getattr(self.runtime, "cpu_threads", None)
+        if cpu_threads is not None:  # --cpu-threads N is -t N; both must agree
+            if self.threads and self.threads != (cpu_threads,):
+                raise BenchOptionError(f"--cpu-threads {cpu_threads} and --threads "
+                                       f"{','.join(map(str, self.threads))} disagree (give one)")
+            object.__setattr__(self, "threads", (cpu_threads,))
         from hybrid_k2.api import PREFILL_CHUNK
 
         if max(self.batches) > PREFILL_CHUNK:

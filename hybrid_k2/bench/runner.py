@@ -14,7 +14,6 @@ give the routed bytes each token read.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -68,24 +67,15 @@ class RunData:
 
 
 def load_model(path, opts: BenchOptions, threads: int, progress: bool):
-    """hybrid_k2.load with the runtime's thread count when the runtime is there."""
+    """hybrid_k2.load with the runtime flags, `threads` kernel threads and --torch-threads if given (else
+    the runtime's policy: 1 torch thread on device = cpu, see runtime.torch_threads_for)."""
     from hybrid_k2 import api
+    from hybrid_k2.runtime import RuntimeConfig
 
-    kwargs = dict(device=opts.device, precision=opts.precision, progress=progress)
-    if "runtime" in inspect.signature(api.load).parameters:
-        from hybrid_k2.runtime import RuntimeConfig
-
-        kwargs["runtime"] = RuntimeConfig(cpu_threads=threads)
-    return api.load(path, **kwargs)
-
-
-def torch_threads_for(opts: BenchOptions, threads: int) -> int:
-    """torch's intra-op threads for the device side. Auto: 1 with device = cpu, where the expert kernels'
-    pool already holds the cores while the executor overlaps them with the device side (two torch threads
-    beside the pool measured 3-25x slower per step on a 2-core machine); `threads` on other devices."""
+    config = (opts.runtime or RuntimeConfig()).replace(cpu_threads=threads)
     if opts.torch_threads:
-        return opts.torch_threads
-    return 1 if opts.device == "cpu" else threads
+        config = config.replace(torch_threads=opts.torch_threads)
+    return api.load(path, device=opts.device, precision=opts.precision, progress=progress, runtime=config)
 
 
 def model_threads(model) -> int | None:
@@ -232,11 +222,10 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
     model = None
     try:
         for threads in threads_list:
-            data.torch_threads = torch_threads_for(opts, threads)
-            torch.set_num_threads(data.torch_threads)
             if model is None or model_threads(model) not in (None, threads):
                 model = None  # release the previous copy before loading the next
                 model = load_model(model_path, opts, threads, progress=show_progress)
+            data.torch_threads = torch.get_num_threads()  # the runtime set them at load
             need = max(opts.depths) + max(opts.n_prompt, opts.n_gen, 1) + 1
             if need > model.args.max_position_embeddings:
                 raise HybridK2Error(f"depth + test length ({need}) exceeds the model's context "

@@ -327,7 +327,8 @@ def _setup_readline():
 
 def run_chat(model: Path | None, *, tools_file: Path | None = None, builtin_tools: bool = False,
              params: SamplingParams, system: str | None = None, show_thinking: bool = True,
-             max_context: int | None = None, device: str = "cpu", precision: str = "exact") -> int:
+             max_context: int | None = None, device: str = "cpu", precision: str = "exact",
+             runtime=None) -> int:
     """The `hybrid-k2 chat` command: checks the inputs, loads the model, runs the REPL."""
     tools = load_tools(tools_file) if tools_file is not None else []
     builtin = {}
@@ -344,13 +345,14 @@ def run_chat(model: Path | None, *, tools_file: Path | None = None, builtin_tool
         raise HybridK2Error(f"model folder not found: {model}")
     from hybrid_k2.chat.engine import ChatEngine
 
-    engine = ChatEngine.load(model, device=device, precision=precision)
+    engine = ChatEngine.load(model, device=device, precision=precision, runtime=runtime)
     context = max_context or engine.model.args.max_position_embeddings
     banner = (f"hybrid-k2 chat | {'DEMO model with random weights: its answers are noise | ' if demo else ''}"
               f"{model} | context {context} tokens"
               + (f" | tools: {', '.join(t['function']['name'] for t in tools)}" if tools else "")
               + (f" (built-in: {', '.join(builtin)})" if builtin else "")
-              + " | /help for commands")
+              + " | /help for commands"
+              + (f"\nruntime: {engine.model.runtime.describe()}" if engine.model.runtime is not None else ""))
     repl = Repl(engine, params=params, tools=tools, builtin=builtin, system=system, show_thinking=show_thinking,
                 max_context=max_context, banner=banner)
     return repl.run()

@@ -53,6 +53,10 @@ class RuntimeConfig:
     device_prefill_threshold: int | None = None  # prompts longer than this run their experts on the device
     stream_chunk: int = 16  # experts per streamed chunk (two chunks in flight) for device prefill
     cpu_threads: int | None = None  # None: the machine's physical cores
+    # torch intra-op threads, set when the runtime is attached. None: 1 when device = cpu and the C++
+    # kernels run the experts (their pool already holds the cores; two torch threads beside it measured
+    # 3-25x slower per step on a 2-core machine), else torch's own choice (runtime.torch_threads_for).
+    torch_threads: int | None = None
     cuda_graphs: bool = True  # capture the decode step on CUDA
     prefill_chunk: int | None = None  # tokens per prefill forward inside the executor (None: as given)
     # Memory budget checked at load time (None: detected; 0 disables the check)
@@ -72,6 +76,8 @@ class RuntimeConfig:
             raise HybridK2Error("--gpu-experts needs --expert-counts FILE (write one with hybrid-k2 profile-experts)")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise HybridK2Error("--cpu-threads must be >= 1")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise HybridK2Error("--torch-threads must be >= 1")
         if self.device_prefill_threshold is not None and self.device_prefill_threshold < 0:
             raise HybridK2Error("--device-prefill-threshold must be >= 0")
         if self.stream_chunk < 1:
@@ -88,12 +94,14 @@ class RuntimeConfig:
 
     @classmethod
     def from_options(cls, *, place: list[str] | None = None, gpu_experts: int = 0, expert_counts=None,
-                     cpu_threads: int | None = None, defer_experts: int = 0,
+                     cpu_threads: int | None = None, torch_threads: int | None = None, defer_experts: int = 0,
                      device_prefill_threshold: int | None = None, gpu_mem=None, ram=None, ctx=None,
                      **kwargs) -> "RuntimeConfig":
-        """What the CLI options (--place, --gpu-experts, --cpu-threads, --defer-experts, ...) build."""
+        """What the CLI options (--place, --gpu-experts, --cpu-threads, --defer-experts, ...) build
+        (hybrid_k2/runtime/cli_options.py declares them once for every command)."""
         return cls(placement=Placement().with_overrides(place), gpu_experts=gpu_experts,
                    expert_counts=str(expert_counts) if expert_counts else None, cpu_threads=cpu_threads,
+                   torch_threads=torch_threads,
                    defer_experts=defer_experts, device_prefill_threshold=device_prefill_threshold,
                    gpu_mem=gpu_mem, ram=ram, ctx=ctx, **kwargs)
 

@@ -94,11 +94,11 @@ class RoutingCounter:
 
 
 def profile_experts(model_dir: str | Path, prompts: str | Path, out: str | Path, *, device: str = "cpu",
-                    precision: str = "exact", max_tokens: int | None = None) -> dict:
+                    precision: str = "exact", max_tokens: int | None = None, runtime=None) -> dict:
     import hybrid_k2
 
     batches = read_prompts(prompts, Path(model_dir))  # bad prompts fail before the weights are read
-    model = hybrid_k2.load(model_dir, device=device, precision=precision, progress=False)
+    model = hybrid_k2.load(model_dir, device=device, precision=precision, progress=False, runtime=runtime)
     counter = RoutingCounter(model.net)
     tokens = 0
     try:

@@ -12,17 +12,19 @@ from hybrid_k2.runtime.planner import Plan, PlanOptions, gb, make_plan
 def plan_for(model: Path, *, gpu_mem: str | None, ram: str | None, ctx: int, precision: str = "fast",
              device: str = "cuda", place: list[str] | None = None, gpu_experts: int = 0,
              expert_counts: str | None = None, prefill_chunk: int = 512,
-             device_prefill_threshold: int | None = None, graph_batch_sizes: tuple[int, ...] = (1,)) -> Plan:
+             device_prefill_threshold: int | None = None, graph_batch_sizes: tuple[int, ...] = (1,),
+             runtime: RuntimeConfig | None = None) -> Plan:
+    """runtime (what the CLI flags built) replaces place / gpu_experts / expert_counts / device_prefill_threshold."""
     from hybrid_k2.runtime.placement import resolve
 
     args = ModelArgs.from_hf_config(model)
-    config = RuntimeConfig.from_options(place=place, gpu_experts=gpu_experts, expert_counts=expert_counts,
-                                        device_prefill_threshold=device_prefill_threshold)
+    config = runtime or RuntimeConfig.from_options(place=place, gpu_experts=gpu_experts, expert_counts=expert_counts,
+                                                   device_prefill_threshold=device_prefill_threshold)
     hot = config.hot_experts({L: args.n_routed_experts for L in range(args.num_hidden_layers)
                               if args.is_moe_layer(L)})
     options = PlanOptions(gpu_mem=parse_bytes(gpu_mem), ram=parse_bytes(ram), ctx=ctx, precision=precision,
                           device=device, prefill_chunk=prefill_chunk, graph_batch_sizes=graph_batch_sizes,
-                          device_prefill=device_prefill_threshold is not None)
+                          device_prefill=config.device_prefill_threshold is not None)
     return make_plan(args, resolve(args, config.placement, hot), options)
 
 

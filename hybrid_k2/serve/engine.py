@@ -291,7 +291,7 @@ def _first(*values):
 
 
 def load_engine(model_dir: Optional[Path], config: ServeConfig, *, device: str = "cpu",
-                precision: str = "exact") -> Engine:
+                precision: str = "exact", runtime=None) -> Engine:
     """Loads checkpoint, tokenizer and chat template from one folder."""
     import json
 
@@ -302,7 +302,7 @@ def load_engine(model_dir: Optional[Path], config: ServeConfig, *, device: str =
     if model_dir is None:
         from hybrid_k2.tiny import demo_model_path
         model_dir = demo_model_path()
-    model = hybrid_k2.load(model_dir, device=device, precision=precision)
+    model = hybrid_k2.load(model_dir, device=device, precision=precision, runtime=runtime)
     tokenizer = Tokenizer.from_dir(model_dir)
     template = ChatTemplate.from_dir(model_dir)
     gen_file = Path(model_dir) / "generation_config.json"

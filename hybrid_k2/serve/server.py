@@ -24,8 +24,7 @@ def _is_loopback(host: str) -> bool:
 
 def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional[str], config: ServeConfig,
                max_queue: int, max_body_bytes: int, device: str, precision: str, threads: Optional[int],
-               log_level: str = "info") -> None:
-    import torch
+               log_level: str = "info", runtime=None) -> None:
     import uvicorn
 
     from hybrid_k2.serve.app import create_app
@@ -38,19 +37,25 @@ def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional
         raise HybridK2Error("--max-queue must be >= 0 and --max-body-bytes >= 1024")
     if config.max_model_len is not None and config.max_model_len < 2:
         raise HybridK2Error("--max-model-len must be at least 2")
-    if threads:
-        torch.set_num_threads(threads)
+    if threads:  # the old --threads: torch threads, applied by the runtime like --torch-threads
+        from hybrid_k2.runtime.cli_options import runtime_config
+
+        runtime = runtime or runtime_config()
+        if runtime.torch_threads is None:
+            runtime = runtime.replace(torch_threads=threads)
     if not _is_loopback(host) and not api_key:
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = load_engine(model, config, device=device, precision=precision)
+    engine = load_engine(model, config, device=device, precision=precision, runtime=runtime)
     if config.max_model_len and config.max_model_len > engine.model.args.max_position_embeddings:
         raise HybridK2Error(f"--max-model-len {config.max_model_len} exceeds the model's context of "
                             f"{engine.model.args.max_position_embeddings}")
     app = create_app(engine, api_key=api_key, max_queue=max_queue, max_body_bytes=max_body_bytes)
     print(f"serving {config.served_model_name} from {engine.model.path} on http://{host}:{port}/v1 "
           f"(context {engine.max_model_len} tokens)", file=sys.stderr, flush=True)
+    if engine.model.runtime is not None:
+        print(f"runtime: {engine.model.runtime.describe()}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                 timeout_keep_alive=30)
