@@ -10,7 +10,7 @@ import torch
 from hybrid_k2.chat.context import TOOL_OUTPUT_PLACEHOLDER, fit_prompt
 from hybrid_k2.chat.engine import ChatEngine
 from hybrid_k2.chat.generate import common_prefix_len, generate
-from hybrid_k2.chat.sampling import SamplingParams, make_generator, sample
+from hybrid_k2.chat.sampling import SamplingParams, draw, filtered_probs, make_generator, sample
 from hybrid_k2.errors import HybridK2Error
 
 USER = [{"role": "user", "content": "Hello there"}]
@@ -243,3 +243,57 @@ def test_sampler_filters():
     draws = torch.tensor([sample(logits, SamplingParams(temperature=0.7), gen) for _ in range(3000)])
     freq = torch.bincount(draws, minlength=5) / 3000
     torch.testing.assert_close(freq, probs, atol=0.04, rtol=0)
+
+
+def sorted_reference_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The filters written plainly over one full descending sort: the oracle for filtered_probs."""
+    probs = torch.softmax(logits / p.temperature, -1)  # [V]
+    order = torch.argsort(probs, descending=True, stable=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    mass = 0.0
+    for rank, i in enumerate(order.tolist()):
+        if (p.top_k and rank >= p.top_k) or (p.top_p < 1 and mass >= p.top_p):
+            break
+        keep[i] = True
+        mass += float(probs[i]) / float(probs[order[:p.top_k or len(order)]].sum())
+    out = torch.where(keep, probs / probs[keep].sum(), torch.zeros_like(probs))
+    out = torch.where(out >= p.min_p * out.max(), out, torch.zeros_like(out))
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("kw", [{}, {"temperature": 0.6}, {"top_k": 7}, {"top_p": 0.8}, {"top_p": 0.999},
+                                {"min_p": 0.1}, {"top_k": 50, "top_p": 0.9, "min_p": 0.02}])
+def test_filtered_probs_match_the_sorted_reference(kw):
+    logits = torch.randn(3000, generator=torch.Generator().manual_seed(1)) * 2  # [V], no ties
+    p = SamplingParams(**kw)
+    fast = filtered_probs(logits, p)
+    torch.testing.assert_close(fast / fast.sum(), sorted_reference_probs(logits, p), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_p": 0.7}, {"top_k": 3, "temperature": 1.5}])
+def test_inverse_cdf_frequencies_match_the_probabilities(kw):
+    logits = torch.tensor([0.3, -1.0, 2.0, 1.1, -0.2, 0.9, -3.0, 1.6])
+    p = SamplingParams(**kw)
+    probs = filtered_probs(logits, p)
+    probs = probs / probs.sum()
+    gen = make_generator(123)
+    n = 20000
+    freq = torch.bincount(torch.tensor([sample(logits, p, gen) for _ in range(n)]), minlength=8) / n
+    assert freq[probs == 0].sum() == 0  # a filtered token is never drawn
+    # within 4.5 standard errors of each probability
+    assert bool(((freq - probs).abs() <= 4.5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()), (freq, probs)
+
+
+def test_draw_edges_and_seeds():
+    probs = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    gen = make_generator(0)
+    assert {draw(probs, gen) for _ in range(100)} == {2}  # zero-mass tokens never, even at u = 0
+    logits = torch.randn(163_840, generator=torch.Generator().manual_seed(0))
+    for p in (SamplingParams(), SamplingParams(top_p=0.9, top_k=100)):
+        a = [sample(logits, p, make_generator(7)) for _ in range(3)]
+        g1, g2 = make_generator(42), make_generator(42)
+        assert [sample(logits, p, g1) for _ in range(20)] == [sample(logits, p, g2) for _ in range(20)]
+        assert len(set(a)) == 1
+    g42, g43 = make_generator(42), make_generator(43)
+    assert [sample(logits, SamplingParams(), g42) for _ in range(20)] != \
+        [sample(logits, SamplingParams(), g43) for _ in range(20)]
