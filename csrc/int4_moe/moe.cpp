@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <vector>
 
@@ -102,6 +103,9 @@ class MoeJob {
   std::vector<ExpertRun> runs;     // experts with at least one token, ascending
   int n_tasks1 = 0;
   std::atomic<int> next1{0}, next2{0};
+  std::atomic<bool> failed{false};  // a worker threw: the others skip the work but still meet at barriers
+  std::exception_ptr error;
+  std::mutex error_mu;
   // scratch arena
   uint8_t* arena = nullptr;
   int64_t arena_bytes = 0;
@@ -195,6 +199,24 @@ std::shared_ptr<MoeJob> plan_moe(const MoeCall& c, int nthreads) {
   return job;
 }
 
+namespace {
+
+// Runs one phase of a worker; an exception is kept for the caller instead of leaving the other
+// workers waiting forever at the next barrier.
+template <class F>
+void guarded(MoeJob& job, F body) {
+  if (job.failed.load(std::memory_order_relaxed)) return;
+  try {
+    body();
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(job.error_mu);
+    if (!job.error) job.error = std::current_exception();
+    job.failed.store(true);
+  }
+}
+
+}  // namespace
+
 void run_moe(MoeJob& job, ThreadPool& pool, int tid, int nthreads) {
   const MoeCall& c = job.call;
   const MoeKernels& k = *c.kern;
@@ -209,65 +231,73 @@ void run_moe(MoeJob& job, ThreadPool& pool, int tid, int nthreads) {
   uint8_t* scratch = reinterpret_cast<uint8_t*>(y + tile_floats);
 
   // Phase 0: x -> k-order / q8.
-  for (int t = tid; t < c.T; t += nthreads) {
-    const float* src;
-    if (c.x_bf16) {
-      const uint16_t* xb = static_cast<const uint16_t*>(c.x) + int64_t(t) * D;
-      for (int i = 0; i < D; ++i) row[i] = bf16_to_f32(xb[i]);
-      src = row;
-    } else {
-      src = static_cast<const float*>(c.x) + int64_t(t) * D;
+  guarded(job, [&] {
+    for (int t = tid; t < c.T; t += nthreads) {
+      const float* src;
+      if (c.x_bf16) {
+        const uint16_t* xb = static_cast<const uint16_t*>(c.x) + int64_t(t) * D;
+        for (int i = 0; i < D; ++i) row[i] = bf16_to_f32(xb[i]);
+        src = row;
+      } else {
+        src = static_cast<const float*>(c.x) + int64_t(t) * D;
+      }
+      job.xa.fill(k, c.fast, t, 0, src, D);
     }
-    job.xa.fill(k, c.fast, t, 0, src, D);
-  }
+  });
   pool.barrier();
 
   // Phase 1: h = silu(gate x) * up x, per (expert, row block).
   const Acts xa = job.xa.view();
   const int blocks1 = int(div_up(I, kRows1));
-  for (int task; (task = job.next1.fetch_add(1, std::memory_order_relaxed)) < job.n_tasks1;) {
-    const ExpertRun& run = job.runs[task / blocks1];
-    const int r0 = (task % blocks1) * kRows1, r1 = std::min(I, r0 + kRows1), nr = r1 - r0;
-    const Int4Matrix wg = X.gate(run.e), wu = X.up(run.e);
-    const bool gemm = run.count >= k.gemm_min_tokens[c.fast];
-    const MatmulFn mm = c.fast ? (gemm ? k.gemm_fast : k.gemv_fast) : (gemm ? k.gemm_exact : k.gemv_exact);
-    for (int m0 = 0; m0 < run.count; m0 += kTokenChunk) {
-      const int M = std::min(kTokenChunk, run.count - m0);
-      const int32_t* toks = job.slot_tok.data() + run.first + m0;
-      mm(wg, r0, r1, xa, toks, M, g, nr, scratch);
-      mm(wu, r0, r1, xa, toks, M, u, nr, scratch);
-      for (int m = 0; m < M; ++m) {
-        k.swiglu(g + int64_t(m) * nr, u + int64_t(m) * nr, nr, row);
-        job.ha.fill(k, c.fast, run.first + m0 + m, r0, row, nr);
+  guarded(job, [&] {
+    for (int task; (task = job.next1.fetch_add(1, std::memory_order_relaxed)) < job.n_tasks1;) {
+      const ExpertRun& run = job.runs[task / blocks1];
+      const int r0 = (task % blocks1) * kRows1, r1 = std::min(I, r0 + kRows1), nr = r1 - r0;
+      const Int4Matrix wg = X.gate(run.e), wu = X.up(run.e);
+      const bool gemm = run.count >= k.gemm_min_tokens[c.fast];
+      const MatmulFn mm = c.fast ? (gemm ? k.gemm_fast : k.gemv_fast) : (gemm ? k.gemm_exact : k.gemv_exact);
+      for (int m0 = 0; m0 < run.count; m0 += kTokenChunk) {
+        const int M = std::min(kTokenChunk, run.count - m0);
+        const int32_t* toks = job.slot_tok.data() + run.first + m0;
+        mm(wg, r0, r1, xa, toks, M, g, nr, scratch);
+        mm(wu, r0, r1, xa, toks, M, u, nr, scratch);
+        for (int m = 0; m < M; ++m) {
+          k.swiglu(g + int64_t(m) * nr, u + int64_t(m) * nr, nr, row);
+          job.ha.fill(k, c.fast, run.first + m0 + m, r0, row, nr);
+        }
       }
     }
-  }
+  });
   pool.barrier();
 
   // Phase 2: out[:, rows] = sum_e w * down_e h, one writer per output block.
   const Acts ha = job.ha.view();
   const int blocks2 = int(div_up(D, kRows2));
-  std::vector<int32_t> slots(kTokenChunk);
-  for (int task; (task = job.next2.fetch_add(1, std::memory_order_relaxed)) < blocks2;) {
-    const int r0 = task * kRows2, r1 = std::min(D, r0 + kRows2), nr = r1 - r0;
-    for (int t = 0; t < c.T; ++t) std::memset(c.out + int64_t(t) * D + r0, 0, sizeof(float) * nr);
-    for (const ExpertRun& run : job.runs) {
-      const Int4Matrix wd = X.down(run.e);
-      const bool gemm = run.count >= k.gemm_min_tokens[c.fast];
-      const MatmulFn mm = c.fast ? (gemm ? k.gemm_fast : k.gemv_fast) : (gemm ? k.gemm_exact : k.gemv_exact);
-      for (int m0 = 0; m0 < run.count; m0 += kTokenChunk) {
-        const int M = std::min(kTokenChunk, run.count - m0);
-        for (int m = 0; m < M; ++m) slots[m] = run.first + m0 + m;
-        mm(wd, r0, r1, ha, slots.data(), M, y, nr, scratch);
-        for (int m = 0; m < M; ++m) {
-          const float w = job.slot_w[run.first + m0 + m];
-          float* o = c.out + int64_t(job.slot_tok[run.first + m0 + m]) * D + r0;
-          const float* ym = y + int64_t(m) * nr;
-          for (int i = 0; i < nr; ++i) o[i] += w * ym[i];
+  guarded(job, [&] {
+    std::vector<int32_t> slots(kTokenChunk);
+    for (int task; (task = job.next2.fetch_add(1, std::memory_order_relaxed)) < blocks2;) {
+      const int r0 = task * kRows2, r1 = std::min(D, r0 + kRows2), nr = r1 - r0;
+      for (int t = 0; t < c.T; ++t) std::memset(c.out + int64_t(t) * D + r0, 0, sizeof(float) * nr);
+      for (const ExpertRun& run : job.runs) {
+        const Int4Matrix wd = X.down(run.e);
+        const bool gemm = run.count >= k.gemm_min_tokens[c.fast];
+        const MatmulFn mm = c.fast ? (gemm ? k.gemm_fast : k.gemv_fast) : (gemm ? k.gemm_exact : k.gemv_exact);
+        for (int m0 = 0; m0 < run.count; m0 += kTokenChunk) {
+          const int M = std::min(kTokenChunk, run.count - m0);
+          for (int m = 0; m < M; ++m) slots[m] = run.first + m0 + m;
+          mm(wd, r0, r1, ha, slots.data(), M, y, nr, scratch);
+          for (int m = 0; m < M; ++m) {
+            const float w = job.slot_w[run.first + m0 + m];
+            float* o = c.out + int64_t(job.slot_tok[run.first + m0 + m]) * D + r0;
+            const float* ym = y + int64_t(m) * nr;
+            for (int i = 0; i < nr; ++i) o[i] += w * ym[i];
+          }
         }
       }
     }
-  }
+  });
+  pool.barrier();
+  if (tid == 0 && job.error) std::rethrow_exception(job.error);  // reported by ThreadPool::wait
 }
 
 }  // namespace hk2
