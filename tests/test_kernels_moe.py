@@ -107,6 +107,14 @@ def test_submit_runs_while_python_continues(experts):
         assert rel_err(h.wait(), moe_reference(x=x[:t], expert_ids=ids[:t], weights=w[:t], experts=experts)) < EXACT_RTOL
 
 
+def test_dropped_handle_finishes_before_its_inputs_go(experts):
+    x, ids, w = routing(130, 8, seed=12)
+    expected = moe_forward(x=x, expert_ids=ids, weights=w, experts=experts)
+    for _ in range(3):
+        moe_submit(x=x.clone(), expert_ids=ids.clone(), weights=w.clone(), experts=experts)  # never waited
+    assert torch.equal(moe_forward(x=x, expert_ids=ids, weights=w, experts=experts), expected)
+
+
 def test_empty_batch(experts):
     out = moe_forward(x=torch.zeros(0, D), expert_ids=torch.zeros(0, 8, dtype=torch.int64),
                       weights=torch.zeros(0, 8), experts=experts)

@@ -27,6 +27,15 @@ class MoeHandle:
     def done(self) -> bool:
         return self._handle.done()
 
+    def __del__(self):
+        # A handle dropped without wait(): the pool may still read the inputs kept alive here.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            try:
+                handle.wait()
+            except Exception:  # the error belonged to the call nobody waited for
+                pass
+
 
 def _check(x, expert_ids, weights, experts, precision, threads, out):
     if not isinstance(experts, PackedExperts):
