@@ -90,7 +90,6 @@ def fast_mode_error(experts, *, isa, tokens=16, seed=3, outliers=False):
 
 def load_emulated():
     """The `_C_emu` test module: the AVX-512/AMX kernels on SIMDe (slow; for error figures only)."""
-    import importlib.machinery
     import importlib.util
     import pathlib
 
@@ -98,12 +97,7 @@ def load_emulated():
     spec = importlib.util.spec_from_file_location("hk2_kernel_build", path)
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    so = build.build_emu()
-    loader = importlib.machinery.ExtensionFileLoader("_C_emu", so)
-    spec = importlib.util.spec_from_file_location("_C_emu", so, loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return build.load_emu()
 
 
 def python_overhead_us(repeats=200):

@@ -1,7 +1,6 @@
 """Every ISA path on this machine: the AVX-512 (with and without VNNI), AVX-512-BF16 and AMX kernel
 sources compiled a second time on SIMDe + a small AMX tile emulation (csrc/tests/build.py, module
 _C_emu) and checked over odd shapes against the torch reference and the scalar C++ path."""
-import importlib.machinery
 import importlib.util
 import os
 import pathlib
@@ -22,23 +21,17 @@ E, D, I = 10, 96, 352
 BUILD = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "tests" / "build.py"
 
 
-def _load(name, path, loader=None):
-    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def emu():
-    build = _load("hk2_kernel_build", BUILD)
+    spec = importlib.util.spec_from_file_location("hk2_kernel_build", BUILD)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
     why = build.missing_tools()
     if why:
         if os.environ.get("CI"):
             pytest.fail(f"cannot build the emulated kernels in CI: {why}")
         pytest.skip(why)
-    path = build.build_emu()
-    return _load("_C_emu", path, importlib.machinery.ExtensionFileLoader("_C_emu", path))
+    return build.load_emu()
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,19 @@ def build_emu() -> str:
     return _build("emu", srcs, common, ["-shared", "-pthread"], "_C_emu" + sysconfig.get_config_var("EXT_SUFFIX"))
 
 
+def load_emu():
+    """Builds (if needed) and imports `_C_emu`; it can live beside hybrid_k2._C in one process."""
+    import importlib.machinery
+    import importlib.util
+
+    path = build_emu()
+    loader = importlib.machinery.ExtensionFileLoader("_C_emu", path)
+    spec = importlib.util.spec_from_file_location("_C_emu", path, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
 def build_asan() -> str:
     """Path of the sanitizer test executable (compiled on first use)."""
     srcs = _kernel_sources() + [os.path.join(CSRC, "tests", "test_int4_moe.cpp")]
