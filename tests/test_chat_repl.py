@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -48,10 +49,11 @@ def test_chat_command_in_a_terminal(tmp_path):
         child.expect(r"\[stopped\]", timeout=120)
         child.expect(r"cancelled")
         child.expect("you> ")
+        time.sleep(1.0)  # let readline take the terminal before typing (under load it can lag the prompt)
         child.send("half a line")
         child.sendintr()  # at the prompt: drops the line, stays
-        child.expect(r"\^C")
-        child.expect("you> ")
+        if child.expect([r"\^C", "you> "]) == 0:
+            child.expect("you> ")
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
