@@ -1,12 +1,9 @@
 """Every ISA path on this machine: the AVX-512 (with and without VNNI), AVX-512-BF16 and AMX kernel
 sources compiled a second time on SIMDe + a small AMX tile emulation (csrc/tests/build.py, module
 _C_emu) and checked over odd shapes against the torch reference and the scalar C++ path."""
-import importlib.util
-import os
-import pathlib
-
 import pytest
 import torch
+from kernel_build import kernel_build
 
 from hybrid_k2.kernels import moe_forward, moe_reference
 from hybrid_k2.kernels.isa import available_isas
@@ -18,20 +15,9 @@ FAST_VS_SCALAR_RTOL = 2e-3   # q8 paths vs the scalar q8 path (same integer math
 EMULATED = ["avx512", "avx512vnni", "avx512bf16", "amx"]
 E, D, I = 10, 96, 352
 
-BUILD = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "tests" / "build.py"
-
-
 @pytest.fixture(scope="module")
 def emu():
-    spec = importlib.util.spec_from_file_location("hk2_kernel_build", BUILD)
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    why = build.missing_tools()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot build the emulated kernels in CI: {why}")
-        pytest.skip(why)
-    return build.load_emu()
+    return kernel_build("the emulated kernels").load_emu()
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,13 @@
 """The C++ kernel test (csrc/tests/test_int4_moe.cpp: every ISA table, emulated where the CPU lacks
 it, against the scalar reference) under AddressSanitizer + UndefinedBehaviorSanitizer."""
-import importlib.util
 import os
-import pathlib
 import re
 import subprocess
 
-import pytest
-
-BUILD = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "tests" / "build.py"
-
+from kernel_build import kernel_build
 
 def test_kernels_under_asan_and_ubsan():
-    spec = importlib.util.spec_from_file_location("hk2_kernel_build", BUILD)
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    why = build.missing_tools()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot build the sanitizer test in CI: {why}")
-        pytest.skip(why)
-    exe = build.build_asan()
+    exe = kernel_build("the sanitizer test").build_asan()
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     r = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
