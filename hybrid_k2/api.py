@@ -22,9 +22,9 @@ from hybrid_k2.config import ModelArgs
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.model.experts import Int4ExpertStore
 from hybrid_k2.model.transformer import KimiK2
+from hybrid_k2.runtime.config import PREFILL_CHUNK  # bounds the [T, H, S] attention scores
 
 PRECISIONS = {"exact": torch.float32, "fast": torch.bfloat16}
-PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the [T, H, S] attention scores
 
 
 class Model:

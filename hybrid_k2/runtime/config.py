@@ -13,6 +13,8 @@ from pathlib import Path
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.runtime.placement import Placement
 
+PREFILL_CHUNK = 512  # prompt tokens per Session forward (the planner's default; the executor may cut finer)
+
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 

@@ -16,7 +16,7 @@ import torch
 from hybrid_k2.config import ModelArgs
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.profiling import NullTimer, PhaseTimer
-from hybrid_k2.runtime.config import RuntimeConfig
+from hybrid_k2.runtime.config import PREFILL_CHUNK, RuntimeConfig
 from hybrid_k2.runtime.cpu_experts import CpuExperts, choose_backend, make_store_factory
 from hybrid_k2.runtime.device_experts import DeviceExperts, ExpertStreamer
 from hybrid_k2.runtime.executor import Executor
@@ -27,7 +27,6 @@ from hybrid_k2.runtime.scheduler import Scheduler, SchedulerConfig
 from hybrid_k2.runtime.transfer import Transfer
 
 DEFAULT_CHECK_CTX = 4096
-DEFAULT_PREFILL_CHUNK = 512  # hybrid_k2.api.PREFILL_CHUNK: what the planner assumes per forward
 
 
 @dataclass
@@ -62,7 +61,7 @@ def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.devi
     options = PlanOptions(gpu_mem=gpu_mem or None, ram=ram or None, ctx=ctx, precision=precision,
                           device="cuda" if device.type == "cuda" else "cpu",
                           cuda_graphs=config.cuda_graphs and device.type == "cuda",
-                          prefill_chunk=config.prefill_chunk or DEFAULT_PREFILL_CHUNK,
+                          prefill_chunk=config.prefill_chunk or PREFILL_CHUNK,
                           stream_chunk=config.stream_chunk,
                           device_prefill=config.device_prefill_threshold is not None)
     plan = make_plan(args, placement, options)
