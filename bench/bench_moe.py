@@ -130,12 +130,12 @@ def main():
                     help="with --error: the AVX-512/AMX paths of the SIMDe test build (csrc/tests/build.py)")
     ap.add_argument("--output", choices=("table", "json"), default="table")
     a = ap.parse_args()
-    from hybrid_k2 import _C
+    from hybrid_k2 import _C, info
 
     threads = a.threads or _C.default_threads()
     isas = a.isa or [i for i in available_isas() if i != "scalar"]
     experts = random_experts(num_experts=a.experts, hidden=D, intermediate=I, seed=0)  # load touches every page
-    expert_bytes = experts.expert_nbytes()
+    expert_bytes = info.expert_bytes(D, I)
     torch.set_num_threads(1)  # torch's OpenMP workers spin after each op and would steal the kernels' cores
     if a.error:
         if a.emulated:

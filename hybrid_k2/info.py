@@ -48,10 +48,14 @@ def attention_params_per_layer(a: ModelArgs) -> int:
     return q + kv + H * a.v_head_dim * D
 
 
-def routed_bytes_per_expert(a: ModelArgs) -> int:
+def expert_bytes(hidden: int, intermediate: int, group_size: int = 32) -> int:
     """Nibbles and bf16 scales of one expert's gate, up and down projections (what decode reads)."""
-    weights = 3 * a.hidden_size * a.moe_intermediate_size
-    return weights // 2 + 2 * (weights // a.group_size)
+    weights = 3 * hidden * intermediate
+    return weights // 2 + 2 * (weights // group_size)
+
+
+def routed_bytes_per_expert(a: ModelArgs) -> int:
+    return expert_bytes(a.hidden_size, a.moe_intermediate_size, a.group_size)
 
 
 def sizes(a: ModelArgs) -> Sizes:

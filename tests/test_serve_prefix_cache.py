@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import hybrid_k2
-from hybrid_k2.serve.prefix_cache import PrefixCache, common_prefix_len
+from hybrid_k2.chat.generate import common_prefix_len
+from hybrid_k2.serve.prefix_cache import PrefixCache
 
 
 @pytest.fixture(scope="module")

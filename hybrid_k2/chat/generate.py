@@ -80,10 +80,14 @@ class GenerationEvent:
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    i = 0
+    # Compare in blocks first: agent prompts share tens of thousands of tokens.
+    block = 256
+    while i + block <= n and list(a[i:i + block]) == list(b[i:i + block]):
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def prefill_with_reuse(session, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, int]:

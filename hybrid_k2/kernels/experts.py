@@ -78,11 +78,6 @@ class PackedExperts:
     def nbytes(self) -> int:
         return self._store.total_bytes
 
-    def expert_nbytes(self) -> int:
-        """Bytes of nibbles + scales of one expert (what a kernel streams for it)."""
-        D, I = self.hidden, self.intermediate
-        return 3 * (D * I // 2 + D * I // 32 * 2)
-
     def _shapes(self) -> dict:
         D, I = self.hidden, self.intermediate
         return {"gate_packed": ((I, D // 8), torch.int32), "gate_scale": ((I, D // 32), torch.bfloat16),

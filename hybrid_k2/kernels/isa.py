@@ -1,6 +1,7 @@
 """ISA policy: which kernel path runs (mechanism and availability checks live in csrc/cpu_features.cpp)."""
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -35,16 +36,24 @@ def default_isa(module=None) -> str:
 
 
 def resolve_isa(isa: str | None = None, module=None) -> str:
-    """isa argument, else $HYBRID_K2_ISA, else default_isa(); a path the CPU lacks is an error."""
+    """isa argument, else $HYBRID_K2_ISA, else default_isa(); a path the CPU lacks is an error.
+
+    Called on every kernel call: the environment is read each time, the checks once per (name, module)
+    (CPU features and the build do not change within a process).
+    """
     name = isa if isa is not None else os.environ.get(ISA_ENV) or None
+    return _resolve(name.strip().lower() if name is not None else None, _c(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str | None, module) -> str:
     if name is None:
         return default_isa(module)
-    name = name.strip().lower()
     if name not in ISAS:
         raise HybridK2Error(f"unknown ISA path {name!r}; choose one of {', '.join(ISAS)}")
-    why = _c(module).isa_unavailable_reason(name)
+    why = module.isa_unavailable_reason(name)
     if why:
         raise HybridK2Error(f"ISA path {name!r} cannot run on this machine: {why}")
-    if name not in _c(module).built_isas():
+    if name not in module.built_isas():
         raise HybridK2Error(f"ISA path {name!r} is not part of this build")
     return name

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+from hybrid_k2.chat.generate import common_prefix_len
+
 
 class SessionLike(Protocol):
     tokens: list
@@ -27,18 +29,6 @@ class SessionLike(Protocol):
     def truncate(self, n: int) -> None: ...
 
     def __len__(self) -> int: ...
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    # Compare in blocks first: agent prompts share tens of thousands of tokens.
-    block = 256
-    while i + block <= n and list(a[i:i + block]) == list(b[i:i + block]):
-        i += block
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @dataclass
