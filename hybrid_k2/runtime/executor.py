@@ -29,6 +29,8 @@ def split_slots(ids: torch.Tensor, weights: torch.Tensor, on_device: torch.Tenso
     Deferred: the `defer` lowest-weighted slots of each token among those the CPU computes.
     """
     hole = torch.full_like(ids, -1)
+    if on_device is None and not defer:  # the default placement: every slot is the CPU's, now
+        return ids, hole, hole
     cpu = ~on_device if on_device is not None else torch.ones_like(ids, dtype=torch.bool)
     deferred = torch.zeros_like(cpu)
     if defer:
@@ -135,7 +137,9 @@ class Executor:
             c.staging = s = self.staging[st.moe_index % 2].views(c.h.shape[0])
             st.moe_index += 1
             self.transfer.to_host(c.h, s["x"])  # fp32 for the CPU kernels
-            self.transfer.to_host(torch.stack((now, deferred)), s["ids"])
+            self.transfer.to_host(now, s["ids"][0])
+            if lp.defer:  # the deferred row is read only then
+                self.transfer.to_host(deferred, s["ids"][1])
             c.event = self.transfer.to_host(c.weights, s["weights"])
 
     def _submit(self, lp: LayerPlan, block, c: _Layer, st) -> None:
