@@ -89,7 +89,9 @@ class Placement:
 
 
 def expert_tensor(layer: int, e: int, proj: str = "gate_proj") -> str:
-    return f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight_packed"
+    from hybrid_k2.checkpoint.loader import expert_name
+
+    return f"{expert_name(layer, e, proj)}.weight_packed"
 
 
 @dataclass(frozen=True)

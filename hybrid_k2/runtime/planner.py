@@ -145,9 +145,8 @@ def _fixed(a, rp, o: PlanOptions):
 
         expert_scratch += BLOCK_BYTES
     stream = 2 * o.stream_chunk * per_expert if o.device_prefill else 0
-    embed = a.vocab_size * a.hidden_size * (2 if o.precision == "fast" else 4)
     return dict(dt=dt, weights=weights + (embed_dev if rp.embed == "device" else 0), hot=n_hot * per_expert,
-                expert_scratch=expert_scratch, stream=stream, embed=embed if rp.embed == "cpu" else 0,
+                expert_scratch=expert_scratch, stream=stream, embed=embed_dev if rp.embed == "cpu" else 0,
                 cpu_experts=a.n_moe_layers * a.n_routed_experts * per_expert)
 
 
