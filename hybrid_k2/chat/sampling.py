@@ -62,9 +62,11 @@ def apply_allowed(logits: torch.Tensor, allowed) -> torch.Tensor:
     """Sets disallowed logits to -inf. `allowed`: bool [<= V] (shorter masks disallow the rest)."""
     allowed = torch.as_tensor(allowed, dtype=torch.bool).flatten()  # [A]
     V = logits.shape[-1]
-    mask = torch.zeros(V, dtype=torch.bool)  # [V]
-    n = min(V, allowed.shape[0])
-    mask[:n] = allowed[:n]
+    if allowed.shape[0] >= V:  # the usual case: a vocabulary-sized mask, used as it is
+        mask = allowed[:V]
+    else:
+        mask = torch.zeros(V, dtype=torch.bool)  # [V]
+        mask[:allowed.shape[0]] = allowed
     if not bool(mask.any()):
         raise HybridK2Error("the output constraint allows no token")
     return logits.masked_fill(~mask, float("-inf"))
