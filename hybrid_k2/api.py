@@ -36,9 +36,16 @@ class Model:
         # module forward; both take (ids, caches, start) and offer hidden / lm_head.
         self.runtime = None
         self.runner = net
+        self.ctx = args.max_position_embeddings  # a session's context: the plan's (set by load)
+        self.kv_dtype = "auto"  # latent cache storage (hybrid_k2/model/latent_cache.py)
 
     def new_session(self, max_len: int | None = None) -> "Session":
-        return Session(self, max_len or self.args.max_position_embeddings)
+        """A session whose cache holds max_len positions (default: the planned context)."""
+        max_len = max_len or self.ctx
+        if not 1 <= max_len <= self.args.max_position_embeddings:
+            raise HybridK2Error(f"a session's context must be 1..{self.args.max_position_embeddings:,} tokens, "
+                                f"got {max_len:,}")
+        return Session(self, max_len)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -50,7 +57,9 @@ class Session:
 
     def __init__(self, model: Model, max_len: int):
         self.model, self.max_len = model, max_len
-        self.caches = model.net.new_caches()
+        # One latent cache per layer for max_len positions, allocated at the first write; a CUDA graph
+        # reads every row, so on CUDA unused rows start at zero (never NaN from recycled memory).
+        self.caches = model.net.new_caches(max_len, model.kv_dtype, zero_fill=model.device.type == "cuda")
         self.tokens: list[int] = []
 
     def __len__(self) -> int:
@@ -74,13 +83,18 @@ class Session:
                                 f"the context of {self.max_len}")
 
     @torch.inference_mode()
-    def prefill(self, token_ids: Sequence[int], *, last_only: bool = False) -> torch.Tensor:
-        """Appends token_ids; returns fp32 logits [T, V] for every position ([1, V] with last_only)."""
+    def prefill(self, token_ids: Sequence[int], *, last_only: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Appends token_ids; returns fp32 logits [T, V] for every position ([1, V] with last_only).
+
+        progress(done, total) is called after each chunk of PREFILL_CHUNK tokens (and once at 0)."""
         ids = list(token_ids)
         if not ids:
             raise HybridK2Error("prefill needs at least one token")
         self._check(ids)
         out = []
+        if progress is not None:
+            progress(0, len(ids))
         for i in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[i:i + PREFILL_CHUNK]
             start = len(self.tokens)
@@ -92,6 +106,8 @@ class Session:
                 logits = self.model.runner(t, self.caches, start)
             self.tokens.extend(chunk)
             out.append(logits)
+            if progress is not None:
+                progress(i + len(chunk), len(ids))
         return out[-1] if last_only else torch.cat(out)
 
     @torch.inference_mode()
@@ -155,6 +171,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", precision: str
         reader.close()
     net.eval()
     model = Model(args, net, path, precision, findings)
+    model.ctx, model.kv_dtype = prepared.plan.ctx, prepared.config.kv_cache_dtype
     model.runtime = prepared.attach(net, stores)
     model.runner = model.runtime
     return model

@@ -75,8 +75,11 @@ def sizes(a: ModelArgs) -> Sizes:
     )
 
 
-def kv_bytes_per_token(a: ModelArgs, dtype_bytes: int = 2) -> int:
-    return a.kv_dim * a.num_hidden_layers * dtype_bytes
+def kv_bytes_per_token(a: ModelArgs, dtype_bytes: int = 2, kv_dtype: str = "auto") -> int:
+    """Latent cache bytes per position over all layers (kv_dtype "auto": the compute dtype's dtype_bytes)."""
+    from hybrid_k2.model.latent_cache import row_bytes
+
+    return row_bytes(a.kv_dim, kv_dtype, dtype_bytes) * a.num_hidden_layers
 
 
 def checkpoint_bytes(a: ModelArgs) -> int:

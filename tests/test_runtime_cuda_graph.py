@@ -6,7 +6,7 @@ import torch
 
 import hybrid_k2
 from hybrid_k2.runtime import RuntimeConfig
-from hybrid_k2.runtime.cuda_graph import MIN_CAPACITY, StaticDecode, ensure_capacity
+from hybrid_k2.runtime.cuda_graph import StaticDecode, ensure_allocated
 
 TOL = 2e-3
 
@@ -21,11 +21,12 @@ def test_static_body_matches_decode(path):
     model = hybrid_k2.load(path)
     core = hybrid_k2.load(path, runtime=RuntimeConfig.reference())
     ids = list(range(20, 36))
-    s, c = model.new_session(), core.new_session()
+    s, c = model.new_session(3000), core.new_session()
+    for x in s.caches:
+        x.zero_fill = True  # as Session does on CUDA
     s.prefill(ids[:12])
     c.prefill(ids[:12])
-    cap = ensure_capacity(s.caches, len(s) + 1)
-    assert cap == MIN_CAPACITY and all(x.data.shape[0] == cap for x in s.caches)
+    assert ensure_allocated(s.caches) == 3000 and all(x.data.shape[0] == 3000 for x in s.caches)
     assert all(x.data[len(s):].abs().sum() == 0 for x in s.caches)  # a zero tail: masked rows stay finite
     static = StaticDecode(model.runtime, s.caches)
     for t in ids[12:]:
@@ -43,14 +44,25 @@ def test_static_body_matches_decode(path):
     model.runtime.close()
 
 
-def test_capacity_grows_by_powers_of_two(path):
+def test_unused_rows_must_be_finite(path):
+    """The static step reads every row: NaN left in unused memory poisons the logits unless the cache
+    starts zero-filled (what Session does on CUDA; recycled CUDA memory is not zero)."""
     model = hybrid_k2.load(path)
-    s = model.new_session()
-    s.prefill([1, 2, 3])
-    before = [x.data[:3].clone() for x in s.caches]
-    assert ensure_capacity(s.caches, 4) == MIN_CAPACITY
-    assert ensure_capacity(s.caches, MIN_CAPACITY + 1) == 2 * MIN_CAPACITY
-    assert all(torch.equal(x.data[:3], b) for x, b in zip(s.caches, before))
+    for zero_fill, finite in ((False, False), (True, True)):
+        s = model.new_session(2100)  # more than one attention block of rows
+        for x in s.caches:
+            x.zero_fill = zero_fill
+        s.prefill([1, 2, 3])
+        if not zero_fill:
+            with torch.inference_mode():
+                for x in s.caches:
+                    x.data[3:] = float("nan")  # what recycled memory may hold
+        static = StaticDecode(model.runtime, s.caches)
+        with torch.inference_mode():
+            static.load_inputs(torch.tensor([4]), 3)
+            static.body()
+        assert bool(torch.isfinite(static.logits).all()) is finite
+    model.runtime.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

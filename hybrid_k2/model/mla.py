@@ -4,9 +4,14 @@ Glossary: T new tokens, S cached + new positions, H heads, R kv_lora_rank (512),
 N nope dims (128), V value dims (128), C = qk head dim = N + P.
 
 Per token and layer the cache keeps only c_kv = RMSNorm(kv_a[:R]) and the roped shared key k_pe: R + P
-values (576 for K2). Two exact-algebra paths read it (docs/kimi-k2-format.md 3.3 and 3.4):
-  naive     (prefill, T > 1): expand c_kv through kv_b_proj into per-head keys and values.
-  absorbed  (decode, T == 1): fold W_UK into the query and W_UV into the output, attend in latent space.
+values (576 for K2; hybrid_k2/model/latent_cache.py). Two exact-algebra forms read it
+(docs/kimi-k2-format.md 3.3 and 3.4):
+  naive     expand c_kv through kv_b_proj into per-head keys and values;
+  absorbed  fold W_UK into the query and W_UV into the output, attend in latent space.
+`forward` runs them block by block over the cache with an online softmax (hybrid_k2/model/attention.py):
+decode and short chunks absorbed, long chunks expanded, memory bounded by the block, not the depth.
+`impl = "reference"` runs the plain whole-cache versions kept below (_naive for T > 1, _absorbed for
+T == 1): the readable oracle the blockwise path is tested against.
 """
 from __future__ import annotations
 
@@ -14,29 +19,13 @@ import torch
 from torch import nn
 
 from hybrid_k2.config import ModelArgs
+from hybrid_k2.model import attention
+from hybrid_k2.model.latent_cache import LatentCache
 from hybrid_k2.model.linear import Linear
 from hybrid_k2.model.norm import RMSNorm
 from hybrid_k2.model.rope import apply_rope
 
-
-class LatentCache:
-    """One layer's latent KV: [capacity, R + P], grown by doubling; `length` positions are valid."""
-
-    def __init__(self, kv_dim: int, dtype: torch.dtype, device: torch.device, capacity: int = 256):
-        self.data = torch.empty(capacity, kv_dim, dtype=dtype, device=device)
-        self.length = 0
-
-    def write(self, start: int, rows: torch.Tensor) -> torch.Tensor:
-        """Stores rows [T, R + P] at positions start.. and returns the valid prefix [start + T, R + P]."""
-        end = start + rows.shape[0]
-        if end > self.data.shape[0]:
-            grown = torch.empty(max(end, 2 * self.data.shape[0]), self.data.shape[1],
-                                dtype=self.data.dtype, device=self.data.device)
-            grown[:start] = self.data[:start]
-            self.data = grown
-        self.data[start:end] = rows.to(self.data.dtype)
-        self.length = end
-        return self.data[:end]
+IMPLS = ("auto", "absorbed", "expanded", "reference")
 
 
 class MLA(nn.Module):
@@ -56,11 +45,16 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(args.kv_lora_rank, args.rms_norm_eps)
         self.kv_b_proj = Linear(args.kv_lora_rank, H * (args.qk_nope_head_dim + args.v_head_dim))
         self.o_proj = Linear(H * args.v_head_dim, D)
-        self.absorb_decode = True
+        self.impl = "auto"  # IMPLS: the blockwise forms (chosen per chunk, or forced) or the reference
+        self.block: int | None = None  # key positions per block (None: attention.block_for(device))
 
-    def forward(self, x: torch.Tensor, cache: LatentCache, start: int,
+    def forward(self, x: torch.Tensor, cache: LatentCache, start: int | torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [T, D] at positions start..start+T-1 -> [T, D]; appends T rows to the cache."""
+        """x [T, D] at positions start..start+T-1 -> [T, D]; writes T rows to the cache.
+
+        start may be a device tensor [1] (T = 1): the static form a CUDA graph captures (the row is written
+        at that position, every cache row is read and the ones after it masked; cache.length is the
+        caller's to set)."""
         T, H, R = x.shape[0], self.n_heads, self.kv_lora_rank
         if hasattr(self, "q_a_proj"):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
@@ -72,14 +66,35 @@ class MLA(nn.Module):
         kv = self.kv_a_proj_with_mqa(x)  # [T, R + P]
         c_kv = self.kv_a_layernorm(kv[:, :R])  # [T, R]
         k_pe = apply_rope(kv[:, None, R:], cos, sin)[:, 0]  # [T, P]
-        latent = cache.write(start, torch.cat((c_kv, k_pe), dim=-1))  # [S, R + P]
-        c_all, pe_all = latent[:, :R].to(x.dtype), latent[:, R:].to(x.dtype)  # [S, R], [S, P]
-
-        if T == 1 and self.absorb_decode:
-            o = self._absorbed(q_nope, q_pe, c_all, pe_all, start)
+        rows = torch.cat((c_kv, k_pe), dim=-1)  # [T, R + P]
+        if isinstance(start, torch.Tensor):
+            cache.write_at(start, rows)
+            form = "absorbed"
         else:
-            o = self._naive(q_nope, q_pe, c_all, pe_all, start)
+            cache.write(start, rows)  # positions start..start+T-1
+            form = self.impl
+        if form == "auto":
+            form = attention.choose_form(T, rank=R, nope=self.nope, rope=self.rope, v_dim=self.v_dim)
+        if form == "reference":
+            latent = cache.read(0, start + T, x.dtype)  # [S, R + P]
+            c_all, pe_all = latent[:, :R], latent[:, R:]  # [S, R], [S, P]
+            o = (self._absorbed if T == 1 else self._naive)(q_nope, q_pe, c_all, pe_all, start)
+        else:
+            block = self.block or attention.block_for(x.device)
+            if form == "absorbed":
+                w_uk, w_uv = self.absorb_weights()
+                q_lat = torch.einsum("thn,hnr->thr", q_nope, w_uk)  # [T, H, R]
+                o_lat = attention.absorbed(q_lat, q_pe, cache, start, self.scale, block)  # [T, H, R] fp32
+                o = torch.einsum("thr,hvr->thv", o_lat.to(x.dtype), w_uv)  # [T, H, V]
+            else:
+                o = attention.expanded(q_nope, q_pe, cache, self.kv_b_proj, start, self.scale, block,
+                                       self.v_dim).to(x.dtype)  # [T, H, V]
         return self.o_proj(o.reshape(T, H * self.v_dim))
+
+    def absorb_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b_proj split into W_UK [H, N, R] and W_UV [H, V, R] (views of the weight)."""
+        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
+        return w[:, :self.nope], w[:, self.nope:]
 
     def _mask_softmax(self, scores: torch.Tensor, start: int) -> torch.Tensor:
         """scores [T, H, S] fp32; query t sits at position start + t and sees positions <= it."""
@@ -100,9 +115,7 @@ class MLA(nn.Module):
         return torch.einsum("ths,shv->thv", p.to(v.dtype), v)  # [T, H, V]
 
     def _absorbed(self, q_nope, q_pe, c_all, pe_all, start):
-        H, R = self.n_heads, self.kv_lora_rank
-        w = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, R)
-        w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # [H, N, R], [H, V, R]
+        w_uk, w_uv = self.absorb_weights()  # [H, N, R], [H, V, R]
         q_lat = torch.einsum("thn,hnr->thr", q_nope, w_uk)  # [T, H, R]
         scores = torch.einsum("thr,sr->ths", q_lat.float(), c_all.float())
         scores = scores + torch.einsum("thp,sp->ths", q_pe.float(), pe_all.float())  # [T, H, S]

@@ -12,7 +12,8 @@ from torch import nn
 
 from hybrid_k2.config import ModelArgs
 from hybrid_k2.model.linear import Linear
-from hybrid_k2.model.mla import MLA, LatentCache
+from hybrid_k2.model.latent_cache import LatentCache
+from hybrid_k2.model.mla import MLA
 from hybrid_k2.model.mlp import MLP
 from hybrid_k2.model.moe import MoE
 from hybrid_k2.model.norm import RMSNorm
@@ -62,9 +63,11 @@ class KimiK2(nn.Module):
         self.lm_head = Linear(args.hidden_size, args.vocab_size)
         self.rope = Rope(args, self.device)
 
-    def new_caches(self, capacity: int = 256) -> list[LatentCache]:
-        return [LatentCache(self.args.kv_dim, self.dtype, self.device, capacity)
-                for _ in range(self.args.num_hidden_layers)]
+    def new_caches(self, capacity: int, kv_dtype: str = "auto", zero_fill: bool = False) -> list[LatentCache]:
+        """One latent cache per layer for `capacity` positions (allocated at the first write)."""
+        a = self.args
+        return [LatentCache(a.kv_dim, a.kv_lora_rank, capacity=capacity, dtype=self.dtype, device=self.device,
+                            kv_dtype=kv_dtype, zero_fill=zero_fill) for _ in range(a.num_hidden_layers)]
 
     def hidden(self, ids: torch.Tensor, caches: list[LatentCache], start: int) -> torch.Tensor:
         """ids [T] (host) -> final-normed hidden states [T, D] on the device."""

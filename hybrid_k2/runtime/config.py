@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybrid_k2.errors import HybridK2Error
+from hybrid_k2.model.latent_cache import KV_DTYPES
 from hybrid_k2.runtime.placement import Placement
 
 PREFILL_CHUNK = 512  # prompt tokens per Session forward (the planner's default; the executor may cut finer)
@@ -64,7 +65,8 @@ class RuntimeConfig:
     # Memory budget checked at load time (None: detected; 0 disables the check)
     gpu_mem: int | None = None
     ram: int | None = None
-    ctx: int | None = None  # context the budget must hold (None: 4096 or the model's maximum if smaller)
+    ctx: int | None = None  # context of a session, planned and allocated (None: the largest that fits)
+    kv_cache_dtype: str = "auto"  # latent cache storage: auto (compute dtype), bf16, fp8 (model/latent_cache.py)
 
     def __post_init__(self):
         if self.executor not in ("hybrid", "module"):
@@ -84,6 +86,10 @@ class RuntimeConfig:
             raise HybridK2Error("--device-prefill-threshold must be >= 0")
         if self.stream_chunk < 1:
             raise HybridK2Error("stream chunk must be >= 1 expert")
+        if self.ctx is not None and self.ctx < 2:
+            raise HybridK2Error("--ctx must be at least 2 tokens")
+        if self.kv_cache_dtype not in KV_DTYPES:
+            raise HybridK2Error(f"--kv-cache-dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise HybridK2Error("prefill chunk must be >= 1 token")
         object.__setattr__(self, "gpu_mem", parse_bytes(self.gpu_mem))
@@ -98,14 +104,14 @@ class RuntimeConfig:
     def from_options(cls, *, place: list[str] | None = None, gpu_experts: int = 0, expert_counts=None,
                      cpu_threads: int | None = None, torch_threads: int | None = None, defer_experts: int = 0,
                      device_prefill_threshold: int | None = None, gpu_mem=None, ram=None, ctx=None,
-                     **kwargs) -> "RuntimeConfig":
+                     kv_cache_dtype: str = "auto", **kwargs) -> "RuntimeConfig":
         """What the CLI options (--place, --gpu-experts, --cpu-threads, --defer-experts, ...) build
         (hybrid_k2/runtime/cli_options.py declares them once for every command)."""
         return cls(placement=Placement().with_overrides(place), gpu_experts=gpu_experts,
                    expert_counts=str(expert_counts) if expert_counts else None, cpu_threads=cpu_threads,
                    torch_threads=torch_threads,
                    defer_experts=defer_experts, device_prefill_threshold=device_prefill_threshold,
-                   gpu_mem=gpu_mem, ram=ram, ctx=ctx, **kwargs)
+                   gpu_mem=gpu_mem, ram=ram, ctx=ctx, kv_cache_dtype=kv_cache_dtype, **kwargs)
 
     def replace(self, **changes) -> "RuntimeConfig":
         return replace(self, **changes)

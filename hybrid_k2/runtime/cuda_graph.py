@@ -2,12 +2,12 @@
 
 [NOTE] Design. A graph replays fixed kernels on fixed addresses, so everything a step touches is static:
   x_in [1, D] (the embedding row, looked up in host RAM and copied in before replay), pos [1] int64,
-  the session's latent caches preallocated to a capacity C (zero-filled; grown by doubling, which
-  re-captures), pinned staging and a device result buffer per MoE layer, logits [1, V] fp32.
-Attention cannot use LatentCache.write (Python-int positions, growing tensors): `static_mla` writes the
-new row with index_copy_ at `pos` and attends over all C rows, masking rows after `pos`; it is the
-absorbed MLA of hybrid_k2/model/mla.py with that mask, and tests compare it (run eagerly on CPU)
-against the model's decode. Per MoE layer inside the graph:
+  the session's latent caches (allocated once for the session's context C, zero-filled on CUDA),
+  pinned staging and a device result buffer per MoE layer, logits [1, V] fp32.
+Attention is the model's own MLA in its static form (a tensor position: the new row is written with
+index_copy_ at `pos`, all C rows are read block by block and rows after `pos` masked; model/mla.py),
+and tests compare the static body (run eagerly on CPU) against the model's decode. Per MoE layer inside
+the graph:
   main stream:  attention -> router --fork--> shared expert --------------------join--> combine
   side stream:            D2H(h, ids, w) -> host function: CPU job -> H2D(out) --^
 The host function (cudaLaunchHostFunc through ctypes; a capturable graph node) runs the CPU job
@@ -28,9 +28,7 @@ import os
 import torch
 
 from hybrid_k2.errors import HybridK2Error
-from hybrid_k2.model.rope import apply_rope
 
-MIN_CAPACITY = 4096
 MAX_GRAPHS = 4
 
 
@@ -39,28 +37,6 @@ def rope_at(rope, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [1, P/2] at the position held in pos [1] (Rope.tables with a tensor position)."""
     angles = pos.to(torch.float32)[:, None] * rope.inv_freq[None, :]
     return angles.cos() * rope.attention_factor, angles.sin() * rope.attention_factor
-
-
-def static_mla(attn, x: torch.Tensor, cache: torch.Tensor, pos: torch.Tensor, cos, sin) -> torch.Tensor:
-    """x [1, D] at position pos; cache [C, R + P] (rows > pos are ignored) -> [1, D]."""
-    H, R, N, P, V = attn.n_heads, attn.kv_lora_rank, attn.nope, attn.rope, attn.v_dim
-    q = attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x))) if hasattr(attn, "q_a_proj") else attn.q_proj(x)
-    q = q.view(1, H, N + P)
-    q_nope, q_pe = q[..., :N], apply_rope(q[..., N:], cos, sin)  # [1, H, N], [1, H, P]
-    kv = attn.kv_a_proj_with_mqa(x)  # [1, R + P]
-    c_kv = attn.kv_a_layernorm(kv[:, :R])
-    k_pe = apply_rope(kv[:, None, R:], cos, sin)[:, 0]
-    cache.index_copy_(0, pos, torch.cat((c_kv, k_pe), dim=-1).to(cache.dtype))
-    c_all, pe_all = cache[:, :R].to(x.dtype), cache[:, R:].to(x.dtype)  # [C, R], [C, P]
-    w = attn.kv_b_proj.weight.view(H, N + V, R)
-    q_lat = torch.einsum("thn,hnr->thr", q_nope, w[:, :N])  # [1, H, R]
-    scores = torch.einsum("thr,sr->ths", q_lat.float(), c_all.float())
-    scores = scores + torch.einsum("thp,sp->ths", q_pe.float(), pe_all.float())  # [1, H, C]
-    future = torch.arange(cache.shape[0], device=cache.device) > pos  # [C]
-    p = torch.softmax(scores.masked_fill(future, float("-inf")) * attn.scale, dim=-1)
-    o_lat = torch.einsum("ths,sr->thr", p.to(c_all.dtype), c_all)  # [1, H, R]
-    o = torch.einsum("thr,hvr->thv", o_lat, w[:, N:])  # [1, H, V]
-    return attn.o_proj(o.reshape(1, H * V))
 
 
 class StaticDecode:
@@ -128,7 +104,7 @@ class StaticDecode:
         x = self.x_in
         cos, sin = rope_at(net.rope, self.pos)
         for block, cache in zip(net.model.layers, self.caches):
-            x = x + static_mla(block.self_attn, block.input_layernorm(x), cache.data, self.pos, cos, sin)
+            x = x + block.self_attn(block.input_layernorm(x), cache, self.pos, cos, sin)
             if not hasattr(block.mlp, "gate"):
                 x = x + block.mlp(block.post_attention_layernorm(x))
                 continue
@@ -146,18 +122,13 @@ class StaticDecode:
         self.pos.fill_(start)
 
 
-# -- capacity management ------------------------------------------------------------------------------
-def ensure_capacity(caches, needed: int) -> int:
-    """Grows every cache to a power-of-two capacity >= needed (zero-filled tail); returns the capacity."""
-    cap = caches[0].data.shape[0]
-    if cap >= needed and cap >= MIN_CAPACITY:
-        return cap
-    new = max(MIN_CAPACITY, 1 << (max(needed, cap) - 1).bit_length())
+# -- capacity ------------------------------------------------------------------------------------------
+def ensure_allocated(caches) -> int:
+    """Allocates the caches a graph reads (all at their fixed capacity); returns the capacity."""
     for c in caches:
-        grown = torch.zeros(new, c.data.shape[1], dtype=c.data.dtype, device=c.data.device)
-        grown[:c.length] = c.data[:c.length]
-        c.data = grown
-    return new
+        if not c.allocated:
+            c.allocate()
+    return caches[0].capacity
 
 
 # -- CUDA plumbing -------------------------------------------------------------------------------------
@@ -201,7 +172,7 @@ class GraphDecoder:
 
     def _capture(self, caches) -> tuple[StaticDecode, "torch.cuda.CUDAGraph"]:
         static = StaticDecode(self.runtime, caches)
-        static.pos.fill_(caches[0].data.shape[0] - 1)  # the warm-up writes a row: the last, unused one
+        static.pos.fill_(caches[0].capacity - 1)  # the warm-up writes a row: the last, unused one
         warm = torch.cuda.Stream(static.x_in.device)
         warm.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(warm), torch.inference_mode():
@@ -215,7 +186,7 @@ class GraphDecoder:
         return static, graph
 
     def decode(self, token_id: torch.Tensor, caches, start: int) -> torch.Tensor:
-        cap = ensure_capacity(caches, start + 1)
+        cap = ensure_allocated(caches)
         key = (id(caches), cap, caches[0].data.data_ptr())
         if key not in self.graphs:
             if len(self.graphs) >= MAX_GRAPHS:

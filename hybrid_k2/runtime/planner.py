@@ -4,10 +4,11 @@ Classes (bytes):
   gpu_weights     GPU-side tensors placed on `device` (compute dtype) or `device-int8` (1 B per weight +
                   one fp32 scale per output channel); the router bias stays fp32
   gpu_experts     routed experts kept on the device (INT4 nibbles + bf16 scales, dequantised when used)
-  kv_cache        latent KV: (kv_lora_rank + rope) values x layers x dtype per token, times the context
-  activations     the largest transient set of one forward; models hybrid_k2/model/mla.py as written
-                  (naive prefill expands the whole cache through kv_b_proj and keeps [T, H, S] fp32 scores,
-                  so it grows with the context even for one new token)
+  kv_cache        latent KV: (kv_lora_rank + rope) values x layers per token in the cache dtype (fp8: plus
+                  two fp32 scales per row), times the context; allocated once per session at this size
+  activations     the largest transient set of one forward; models hybrid_k2/model/attention.py (the
+                  cache is read in blocks of key positions with an online softmax, so attention's
+                  transients depend on the chunk and the block, not on the depth)
   graphs          CUDA-graph pools and static inputs/outputs, one decode graph per batch size
   stream          device-prefill double buffers (two chunks of experts on the device + pinned twins)
   pinned          host staging for hidden states, top-k ids/weights and results (two sets)
@@ -44,6 +45,7 @@ class PlanOptions:
     prefill_chunk: int = 512
     stream_chunk: int = 16
     device_prefill: bool = False
+    kv_dtype: str = "auto"  # latent cache storage (hybrid_k2/model/latent_cache.py KV_DTYPES)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Plan:
     fits: bool
     precision: str
     device: str
+    kv_dtype: str = "auto"
     problems: list[str] = field(default_factory=list)
     proposals: list[str] = field(default_factory=list)
 
@@ -113,15 +116,27 @@ def device_weight_bytes(a: ModelArgs, rp: ResolvedPlacement, dtype_bytes: int) -
     return total, embed
 
 
-def activation_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int) -> int:
+def attention_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int, block: int) -> int:
+    """Transient bytes of blockwise MLA (hybrid_k2/model/attention.py) for one chunk: the form the model
+    picks for `tokens` queries, one block of min(block, context) key positions at a time."""
+    from hybrid_k2.model.attention import choose_form
+
+    T, H, B = tokens, a.num_attention_heads, min(block, max(context, tokens))
+    N, V, R, P = a.qk_nope_head_dim, a.v_head_dim, a.kv_lora_rank, a.qk_rope_head_dim
+    rows = 2 * B * (R + P) * 4  # one block of cache rows read as fp32 (and its dequantisation)
+    if choose_form(T, rank=R, nope=N, rope=P, v_dim=V) == "absorbed":
+        # fp32 queries [T H, R + P], q_lat and o_lat in the compute dtype, acc + its update + p @ v [T H, R],
+        # scores and probabilities [T H, B]
+        return rows + T * H * ((R + P) * 4 + 2 * R * dtype_bytes + 3 * R * 4 + 2 * B * 4)
+    # expanded: kv_b_proj output [B, H, N + V] and its fp32 k/v, queries, acc x3 [H, T, V], scores x2
+    return rows + B * H * (N + V) * (dtype_bytes + 4) + T * H * ((N + P) * 4 + 3 * V * 4 + 2 * B * 4)
+
+
+def activation_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int, block: int = 8192) -> int:
     """Peak transient bytes of a forward of `tokens` new tokens over `context` positions (see module doc)."""
-    T, S, H = tokens, max(context, tokens), a.num_attention_heads
-    N, V, R, P, D = a.qk_nope_head_dim, a.v_head_dim, a.kv_lora_rank, a.qk_rope_head_dim, a.hidden_size
-    upcast = 4 if dtype_bytes != 4 else 0  # .float() copies of bf16 operands
-    if T == 1:  # absorbed decode: [H, S] scores, the latent cache read in fp32
-        attention = 3 * H * S * 4 + S * (R + P) * upcast + H * R * 8
-    else:  # naive prefill: keys/values of every position, [T, H, S] fp32 scores (x3 at the peak)
-        attention = S * H * (N + V) * dtype_bytes + S * H * N * upcast + S * P * 4 + 3 * T * H * S * 4
+    T, D = tokens, a.hidden_size
+    attention = attention_bytes(a, tokens=T, context=context, dtype_bytes=dtype_bytes, block=block)
+    attention += T * a.num_attention_heads * a.qk_head_dim * dtype_bytes * 2  # q and the roped q_pe
     mlp = 3 * T * max(a.intermediate_size, a.moe_intermediate_size * max(1, a.n_shared_experts)) * dtype_bytes
     logits = T * a.vocab_size * (4 + dtype_bytes)
     residual = 8 * T * D * 4
@@ -152,13 +167,16 @@ def _fixed(a, rp, o: PlanOptions):
 
 def _context_bytes(a, o: PlanOptions, ctx: int, chunk: int, dt: int) -> tuple[int, int, int]:
     """(kv cache, activations, graph pools) at context ctx."""
-    kv = kv_bytes_per_token(a, dt) * ctx
-    act = max(activation_bytes(a, tokens=min(chunk, ctx), context=ctx, dtype_bytes=dt),
-              activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt))
+    from hybrid_k2.model.attention import BLOCK
+
+    block = BLOCK["cuda" if o.device == "cuda" else "cpu"]
+    kv = kv_bytes_per_token(a, dt, o.kv_dtype) * ctx
+    act = max(activation_bytes(a, tokens=min(chunk, ctx), context=ctx, dtype_bytes=dt, block=block),
+              activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt, block=block))
     graphs = 0
     if o.device == "cuda" and o.cuda_graphs and o.graph_batch_sizes:
         b = max(o.graph_batch_sizes)  # one pool shared by every captured batch size
-        graphs = b * activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt) + sum(
+        graphs = b * activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt, block=block) + sum(
             bs * (a.hidden_size * 4 + a.vocab_size * 4) for bs in o.graph_batch_sizes)
     return kv, act, graphs
 
@@ -197,13 +215,13 @@ def make_plan(a: ModelArgs, placement: Placement | ResolvedPlacement | None = No
     kv, act, graphs = _context_bytes(a, o, ctx, o.prefill_chunk, dt)
     gpu_total, ram_total = totals(ctx, o.prefill_chunk)
     plan = Plan(gpu_weight_bytes=f["weights"], gpu_int8_linears=len(rp.int8_linears), gpu_expert_bytes=f["hot"],
-                n_gpu_experts=rp.n_device_experts, kv_bytes_per_token=kv_bytes_per_token(a, dt),
+                n_gpu_experts=rp.n_device_experts, kv_bytes_per_token=kv_bytes_per_token(a, dt, o.kv_dtype),
                 kv_cache_bytes=kv, activation_bytes=act + f["expert_scratch"], graph_bytes=graphs,
                 stream_bytes=f["stream"], pinned_bytes=pinned, cpu_expert_bytes=f["cpu_experts"],
                 embed_bytes=f["embed"] if rp.embed == "cpu" else 0, embed_on=rp.embed,
                 gpu_total=gpu_total, ram_total=ram_total, gpu_mem=o.gpu_mem, ram=o.ram, ctx=ctx,
                 prefill_chunk=o.prefill_chunk, max_context=lo, fits=fits(ctx, o.prefill_chunk),
-                precision=o.precision, device=o.device)
+                precision=o.precision, device=o.device, kv_dtype=o.kv_dtype)
     if o.ctx > a.max_position_embeddings:
         plan.problems.append(f"--ctx {o.ctx:,} exceeds the model's maximum context {a.max_position_embeddings:,}")
         plan.fits = False

@@ -9,7 +9,7 @@ Session calls runtime.hidden / runtime(...) / runtime.lm_head exactly as it woul
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,7 +26,7 @@ from hybrid_k2.runtime.planner import Plan, PlanOptions, check_plan, make_plan
 from hybrid_k2.runtime.scheduler import Scheduler, SchedulerConfig
 from hybrid_k2.runtime.transfer import Transfer
 
-DEFAULT_CHECK_CTX = 4096
+MIN_DEFAULT_CTX = 4096  # without --ctx, refuse to load rather than plan a context smaller than this
 
 
 @dataclass
@@ -57,14 +57,21 @@ def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.devi
     placement = resolve(args, config.placement, hot)
     gpu_mem = config.gpu_mem if config.gpu_mem is not None else available_gpu_memory(device)
     ram = config.ram if config.ram is not None else available_ram()
-    ctx = config.ctx or min(DEFAULT_CHECK_CTX, args.max_position_embeddings)
-    options = PlanOptions(gpu_mem=gpu_mem or None, ram=ram or None, ctx=ctx, precision=precision,
+    if config.ctx is not None and config.ctx > args.max_position_embeddings:
+        raise HybridK2Error(f"--ctx {config.ctx:,} exceeds the model's maximum context "
+                            f"{args.max_position_embeddings:,}")
+    options = PlanOptions(gpu_mem=gpu_mem or None, ram=ram or None,
+                          ctx=config.ctx or args.max_position_embeddings, precision=precision,
                           device="cuda" if device.type == "cuda" else "cpu",
                           cuda_graphs=config.cuda_graphs and device.type == "cuda",
                           prefill_chunk=config.prefill_chunk or PREFILL_CHUNK,
                           stream_chunk=config.stream_chunk,
-                          device_prefill=config.device_prefill_threshold is not None)
+                          device_prefill=config.device_prefill_threshold is not None,
+                          kv_dtype=config.kv_cache_dtype)
     plan = make_plan(args, placement, options)
+    if config.ctx is None and not plan.fits and plan.max_context >= min(MIN_DEFAULT_CTX, args.max_position_embeddings):
+        # POLICY: without --ctx a session gets the largest context the memory holds (as vLLM sizes its cache)
+        plan = make_plan(args, placement, replace(options, ctx=plan.max_context))
     check_plan(plan)
     return Prepared(args, config, placement, backend, plan, device, precision)
 
