@@ -13,7 +13,7 @@ positions:
   expanded  each block of c_kv expanded through kv_b_proj into per-head k_nope [B, H, N], v [B, H, V]:
             S R H (N + V) + T H S (N + P + V)
 The expansion costs the same for 1 query as for 512, so decode and short chunks absorb and long chunks
-expand (`choose_form`; crossover T = R (N + V) / (2R + P - N - P - V), 205 tokens for K2, and what
+expand (`choose_form`; crossover T = R (N + V) / (2R + P - N - P - V), 171 tokens for K2, near what
 bench/bench_attention.py measures on this CPU).
 Causal masking only touches blocks that reach past the chunk's first position.
 """
@@ -95,8 +95,8 @@ def absorbed(q_lat: torch.Tensor, q_pe: torch.Tensor, cache, start: int | torch.
 
 def expanded(q_nope: torch.Tensor, q_pe: torch.Tensor, cache, kv_b_proj, start: int, scale: float,
              block: int, v_dim: int) -> torch.Tensor:
-    """q_nope [T, H, N], q_pe [T, H, P] over cache rows [0, start + T), each block expanded through
-    kv_b_proj -> o [T, H, V] fp32."""
+    """q_nope [T, H, N], q_pe [T, H, P] over cache rows [0, start + T), each block's c_kv [B, R] expanded
+    by kv_b_proj into [B, H (N + V)] -> o [T, H, V] fp32."""
     T, H, N = q_nope.shape
     S, R, dtype = start + T, cache.rank, q_nope.dtype
     qn = q_nope.float().mul_(scale).transpose(0, 1)  # [H, T, N]

@@ -16,6 +16,7 @@ T == 1): the readable oracle the blockwise path is tested against.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hybrid_k2.config import ModelArgs
@@ -47,6 +48,7 @@ class MLA(nn.Module):
         self.o_proj = Linear(H * args.v_head_dim, D)
         self.impl = "auto"  # IMPLS: the blockwise forms (chosen per chunk, or forced) or the reference
         self.block: int | None = None  # key positions per block (None: attention.block_for(device))
+        self._weight_f32: tuple[torch.Tensor, torch.Tensor] | None = None  # (source, fp32 copy) on the CPU
 
     def forward(self, x: torch.Tensor, cache: LatentCache, start: int | torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -81,19 +83,31 @@ class MLA(nn.Module):
             o = (self._absorbed if T == 1 else self._naive)(q_nope, q_pe, c_all, pe_all, start)
         else:
             block = self.block or attention.block_for(x.device)
+            w = self.attention_weight()  # [H (N + V), R]
             if form == "absorbed":
-                w_uk, w_uv = self.absorb_weights()
-                q_lat = torch.einsum("thn,hnr->thr", q_nope, w_uk)  # [T, H, R]
+                w_uk, w_uv = self.absorb_weights(w)
+                q_lat = torch.einsum("thn,hnr->thr", q_nope.to(w.dtype), w_uk)  # [T, H, R]
                 o_lat = attention.absorbed(q_lat, q_pe, cache, start, self.scale, block)  # [T, H, R] fp32
-                o = torch.einsum("thr,hvr->thv", o_lat.to(x.dtype), w_uv)  # [T, H, V]
+                o = torch.einsum("thr,hvr->thv", o_lat.to(w.dtype), w_uv)  # [T, H, V]
             else:
-                o = attention.expanded(q_nope, q_pe, cache, self.kv_b_proj, start, self.scale, block,
-                                       self.v_dim).to(x.dtype)  # [T, H, V]
-        return self.o_proj(o.reshape(T, H * self.v_dim))
+                o = attention.expanded(q_nope, q_pe, cache, lambda c: F.linear(c.to(w.dtype), w), start,
+                                       self.scale, block, self.v_dim)  # [T, H, V]
+        return self.o_proj(o.to(x.dtype).reshape(T, H * self.v_dim))
 
-    def absorb_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """kv_b_proj split into W_UK [H, N, R] and W_UV [H, V, R] (views of the weight)."""
-        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
+    def attention_weight(self) -> torch.Tensor:
+        """kv_b_proj's weight [H (N + V), R] in the dtype the blockwise attention multiplies in: the compute
+        dtype, except bf16 on the CPU, whose matmuls run at a few GFLOP/s without AVX-512-BF16: there an
+        fp32 copy is kept (32 MB per K2 layer, counted by the planner), made once."""
+        w = self.kv_b_proj.weight
+        if w.device.type != "cpu" or w.dtype == torch.float32:
+            return w
+        if self._weight_f32 is None or self._weight_f32[0] is not w:
+            self._weight_f32 = (w, w.float())
+        return self._weight_f32[1]
+
+    def absorb_weights(self, w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b_proj's weight split into W_UK [H, N, R] and W_UV [H, V, R] (views)."""
+        w = (self.kv_b_proj.weight if w is None else w).view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
         return w[:, :self.nope], w[:, self.nope:]
 
     def _mask_softmax(self, scores: torch.Tensor, start: int) -> torch.Tensor:
