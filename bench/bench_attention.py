@@ -100,15 +100,15 @@ def main() -> None:
     ap.add_argument("--cell", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from hybrid_k2.model.attention import BLOCK
+    from hybrid_k2.model.attention import block_for
 
-    block = a.block or BLOCK["cpu"]
     if a.cell:
         T, depth, form = a.cell.split(":")
+        block = a.block or block_for("cpu", int(T))
         print(json.dumps(cell(int(T), int(depth), form, a.dtype, a.kv_cache_dtype, block, a.reps)))
         return
     print(f"# MLA attention, one layer, K2 shape (H {H}, R {R}, P {P}), {a.dtype}, cache {a.kv_cache_dtype}, "
-          f"block {block}, {a.threads} torch thread(s), {os.cpu_count()} CPUs")
+          f"block {a.block or 'block_for(cpu, T)'}, {a.threads} torch thread(s), {os.cpu_count()} CPUs")
     print(f"{'T':>5} {'depth':>7} {'form':>10} {'ms':>10} {'peak +MB':>9}")
     for T in map(int, a.T.split(",")):
         for depth in map(int, a.depths.split(",")):
@@ -118,7 +118,7 @@ def main() -> None:
                     print(f"{T:>5} {depth:>7} {form:>10} {'(skipped: over --max-reference-gb)':>20}")
                     continue
                 r = subprocess.run([sys.executable, __file__, "--cell", f"{T}:{depth}:{form}", "--dtype", a.dtype,
-                                    "--kv-cache-dtype", a.kv_cache_dtype, "--block", str(block),
+                                    "--kv-cache-dtype", a.kv_cache_dtype, "--block", str(a.block),
                                     "--threads", str(a.threads), "--reps", str(a.reps)],
                                    capture_output=True, text=True)
                 if r.returncode:

@@ -66,7 +66,6 @@ def chat_cmd(
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible answers."),
     thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Force the end of thinking after N tokens."),
     hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Start with the thinking hidden (/think on shows it)."),
-    max_context: Optional[int] = typer.Option(None, "--max-context", help="Context window in tokens (default: the model's)."),
     device: str = typer.Option("cpu", help="Device for attention/dense weights."),
     precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
     runtime=None,
@@ -79,7 +78,7 @@ def chat_cmd(
                             max_tokens=max_tokens or (4096 if model is not None else 128),
                             thinking_budget=thinking_budget)
     raise SystemExit(run_chat(model, tools_file=tools, builtin_tools=builtin_tools, params=params, system=system,
-                              show_thinking=not hide_thinking, max_context=max_context, device=device,
+                              show_thinking=not hide_thinking, max_context=runtime.ctx, device=device,
                               precision=precision, runtime=runtime))
 
 
@@ -141,7 +140,6 @@ def serve_cmd(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HYBRID_K2_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' on every route but /health."),
     served_model_name: str = typer.Option("kimi-k2-thinking", "--served-model-name", help="Model id clients send."),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests waiting behind the running one before 429."),
     max_body_bytes: int = typer.Option(32 * 2**20, "--max-body-bytes", help="Largest request body (413 above)."),
     prefix_cache_tokens: int = typer.Option(65536, "--prefix-cache-tokens",
@@ -161,7 +159,7 @@ def serve_cmd(
     from hybrid_k2.serve.engine import ServeConfig
     from hybrid_k2.serve.server import run_server
 
-    config = ServeConfig(served_model_name=served_model_name, max_model_len=max_model_len,
+    config = ServeConfig(served_model_name=served_model_name, max_model_len=runtime.ctx,
                          cache_tokens=prefix_cache_tokens, cache_sessions=prefix_cache_sessions,
                          thinking_token_budget=thinking_token_budget, reasoning_field=reasoning_field)
     run_server(model=model, host=host, port=port, api_key=api_key, config=config, max_queue=max_queue,
@@ -175,10 +173,8 @@ def plan_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder or config.json (no weights needed)."),
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory budget, e.g. 24GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="Host RAM budget, e.g. 1TiB."),
-    ctx: int = typer.Option(131072, "--ctx", help="Context length the plan must hold."),
     precision: str = typer.Option("fast", help="fast (bf16 on the GPU) or exact (fp32)."),
     device: str = typer.Option("cuda", help="cuda (GPU classes on the GPU) or cpu (everything in RAM)."),
-    prefill_chunk: int = typer.Option(512, "--prefill-chunk", help="Prompt tokens per forward."),
     output: str = typer.Option("table", "--output", help="table | json"),
     runtime=None,
 ) -> None:
@@ -189,8 +185,7 @@ def plan_cmd(
     if output not in ("table", "json"):
         fail(f"--output must be table or json, got {output!r}")
     path = model if model is not None else demo_model_path()
-    plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, ctx=ctx, precision=precision, device=device,
-                    prefill_chunk=prefill_chunk, runtime=runtime)
+    plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, precision=precision, device=device, runtime=runtime)
     print_plan(plan, output=output, model=path)
 
 

@@ -52,6 +52,10 @@ def test_json_validates_and_has_pp_tg(demo_json):
         assert doc[kind]["mean"] > 0 and doc[kind]["std"] >= 0
     assert doc["model"]["demo"] is True
     assert [(r["kind"], r["depth"]) for r in doc["results"]] == [("pp", 0), ("tg", 0), ("pp", 40), ("tg", 40)]
+    per_row = {m["depth"]: m for m in doc["memory"]}  # peak memory of the process at each depth
+    assert sorted(per_row) == [0, 40] and all(m["peak_rss_bytes"] > 0 for m in per_row.values())
+    kv = doc["model"]["kv_bytes_per_token"]
+    assert per_row[40]["kv_cache_bytes"] == kv * (40 + max(doc["settings"]["n_prompt"], doc["settings"]["n_gen"]))
     for r in doc["results"]:
         assert len(r["samples"]) == len(r["seconds"]) == 2
         assert r["mean"] == pytest.approx(sum(r["samples"]) / 2)

@@ -140,3 +140,47 @@ def test_load_refuses_before_reading_weights(tiny_model):
         hybrid_k2.load(tiny_model, runtime=RuntimeConfig(ctx=10**9))
     m = hybrid_k2.load(tiny_model, runtime=RuntimeConfig(ram="1GB", ctx=64))
     assert m.runtime.prepared.plan.fits and m.runtime.prepared.plan.ram_total < 10**9
+
+
+@pytest.mark.parametrize("gpu,flags", [("24GiB", ["--place", "*=device-int8", "--kv-cache-dtype", "fp8"]),
+                                       ("48GiB", [])])
+def test_full_k2_context_fits_one_gpu(tmp_path, gpu, flags):
+    """Issue 10: all 262,144 tokens on a 24 GiB GPU (int8 GPU-side weights, fp8 cache) and on 48 GiB (bf16)."""
+    (tmp_path / "config.json").write_text(json.dumps(K2))
+    r = subprocess.run([sys.executable, "-m", "hybrid_k2.cli", "plan", "--model", str(tmp_path), "--gpu-mem", gpu,
+                        "--ram", "1TiB", "--ctx", "262144", "--output", "json", *flags],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits"] is True and d["max_context"] == 262_144 == d["ctx"]
+    assert d["kv_cache_bytes"] == d["kv_bytes_per_token"] * 262_144
+    assert d["kv_bytes_per_token"] == (35_624 if flags else 70_272)  # fp8: 576 B + two fp32 scales per layer
+    assert d["reserve_bytes"] > 0 and d["gpu_total"] <= d["gpu_mem"]
+
+
+def test_activations_do_not_grow_with_the_context(k2):
+    """Blockwise attention: the transient set of a 512-token chunk is the same at depth 32K and 256K."""
+    plans = [make_plan(k2, Placement(), PlanOptions(ctx=ctx)) for ctx in (32768, 262144)]
+    assert plans[0].activation_bytes == plans[1].activation_bytes < 4 * 10**9
+
+
+def test_every_proposal_names_flags_chat_serve_and_bench_accept(k2):
+    import re
+
+    import typer.main
+
+    from hybrid_k2.cli import app
+
+    commands = typer.main.get_command(app).commands
+    accepted = {name: {o for p in commands[name].params for o in p.opts} for name in ("chat", "serve", "bench")}
+    seen = set()
+    for mem in (16, 24, 26, 30):
+        for place in ([], ["*=device-int8"]):
+            plan = make_plan(k2, Placement().with_overrides(place), PlanOptions(gpu_mem=mem * GiB, ctx=262144))
+            for proposal in plan.proposals:
+                for flag in re.findall(r"--[a-z][a-z0-9-]+", proposal.split(":")[0]):
+                    seen.add(flag)
+                    assert all(flag in opts for opts in accepted.values()), (flag, proposal)
+    assert {"--place", "--kv-cache-dtype"} <= seen
+    for opts in accepted.values():  # one context flag on every command, the old names kept as aliases
+        assert {"--ctx", "--max-context", "--max-model-len"} <= opts

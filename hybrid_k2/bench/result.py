@@ -148,5 +148,6 @@ def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: 
         "experts": experts,
         "roofline": roof,
         "projection": proj,
+        "memory": data.memory,
         "warnings": warnings,
     }

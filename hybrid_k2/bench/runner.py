@@ -64,6 +64,32 @@ class RunData:
     instrument_mode: str = ""
     experts_backend: str = ""
     warmup_experts_touched: int = 0
+    memory: list[dict] = field(default_factory=list)  # per (threads, depth): peak memory of the process
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts a new peak: VmHWM (writing 5 to /proc/self/clear_refs) and torch's CUDA peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory of the process since the last reset (VmHWM), and the CUDA allocator's peak."""
+    rss = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"peak_rss_bytes": rss, "peak_gpu_bytes": gpu}
 
 
 def load_model(path, opts: BenchOptions, threads: int, progress: bool):
@@ -190,9 +216,12 @@ class Runner:
             instrument.timer.reset()
             session = self.model.new_session()
             for depth in sorted(o.depths):
+                reset_peak_memory(self.model.device)
                 fill = self.progress.add_task(f"fill cache to d{depth}", total=None) if depth else None
                 session.truncate(min(len(session), depth))
+                t0 = time.perf_counter()
                 self.prefill(session, self.tokens[len(session):depth], max(o.batches))
+                fill_s = time.perf_counter() - t0
                 if fill is not None:
                     self.progress.remove_task(fill)
                 if o.n_prompt:
@@ -202,6 +231,10 @@ class Runner:
                     m, prof = self.tg(session, depth, threads, instrument)
                     data.measurements.append(m)
                     data.profiles.append(prof)
+                top = depth + max(o.n_prompt, o.n_gen)  # the longest the cache got at this depth
+                data.memory.append({"threads": threads, "depth": depth, **peak_memory(self.model.device),
+                                    "kv_cache_bytes": sum(c.nbytes(top) for c in session.caches),
+                                    "fill_seconds": fill_s if depth else 0.0})
         finally:
             instrument.close()
 
@@ -227,9 +260,9 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
                 model = load_model(model_path, opts, threads, progress=show_progress)
             data.torch_threads = torch.get_num_threads()  # the runtime set them at load
             need = max(opts.depths) + max(opts.n_prompt, opts.n_gen, 1) + 1
-            if need > model.args.max_position_embeddings:
-                raise HybridK2Error(f"depth + test length ({need}) exceeds the model's context "
-                                    f"({model.args.max_position_embeddings})")
+            if need > model.ctx:
+                raise HybridK2Error(f"depth + test length ({need}) exceeds the context of {model.ctx:,} tokens "
+                                    f"(--ctx)")
             tokens = random_tokens(model.args.vocab_size, need, opts.seed)
             with progress_factory() as progress:
                 task = progress.add_task(f"memory bandwidth probe ({threads} threads)", total=None)

@@ -37,6 +37,33 @@ class Terminal:
         self.write("\n")
 
 
+class PrefillProgress:
+    """One line redrawn in place while a long prompt is prefilled: tokens done, tok/s, time left."""
+
+    MIN_TOKENS = 1024  # shorter prompts take a few seconds at most: no bar
+
+    def __init__(self, term: Terminal):
+        self.term, self.shown, self.t0 = term, False, None
+
+    def update(self, done: int, total: int, now: float) -> None:
+        if total < self.MIN_TOKENS:
+            return
+        if self.t0 is None or done == 0:
+            self.t0 = now
+        elapsed = now - self.t0
+        rate = done / elapsed if elapsed > 0 and done else 0.0
+        eta = f"{(total - done) / rate:,.0f} s left" if rate else "measuring"
+        width = 24
+        bar = "#" * (width * done // total) + "." * (width - width * done // total)
+        self.term.write(f"\r[prefill {bar}] {done:,}/{total:,} tokens  {rate:,.1f} tok/s  {eta}   ", "dim")
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            self.term.write("\r" + " " * 79 + "\r")
+            self.shown = False
+
+
 class StreamPrinter:
     """Prints one answer as it streams: thinking dimmed (or a short marker), then the answer."""
 

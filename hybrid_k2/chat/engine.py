@@ -48,12 +48,12 @@ class ChatEngine:
 
     def chat(self, session, messages: Sequence[Mapping], tools=None, params: SamplingParams = SamplingParams(), *,
              cancel: threading.Event | None = None, constraint: TokenConstraint | None = None,
-             thinking: bool = True) -> Iterator[GenerationEvent]:
-        """Streams the assistant's answer to `messages` (see generate.generate for the events)."""
+             thinking: bool = True, progress=None) -> Iterator[GenerationEvent]:
+        """Streams the assistant's answer to `messages` (see generate.generate for the events and progress)."""
         fitted = self.prompt(messages, tools, max_len=session.max_len,
                              reserve=answer_reserve(params.max_tokens, session.max_len))
         for event in generate(session, self.tokenizer, fitted.ids, params, cancel=cancel, constraint=constraint,
-                              thinking=thinking, stop_ids=self.stop_ids):
+                              thinking=thinking, stop_ids=self.stop_ids, progress=progress):
             if event.stats is not None:
                 event.stats.dropped_tool_outputs = fitted.dropped_tool_outputs
             yield event

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -90,31 +90,34 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def prefill_with_reuse(session, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+def prefill_with_reuse(session, prompt_ids: Sequence[int], *,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, int]:
     """Prefills only what the session's cache does not already hold. Returns (logits [V] of the
-    last prompt position, number of prompt tokens reused from the cache)."""
+    last prompt position, number of prompt tokens reused from the cache). progress(done, total) is
+    called as the new tokens are prefilled (Session.prefill)."""
     prompt_ids = list(prompt_ids)
     if not prompt_ids:
         raise HybridK2Error("the prompt is empty")
     common = min(common_prefix_len(session.tokens, prompt_ids), len(prompt_ids) - 1)
     session.truncate(common)
-    logits = session.prefill(prompt_ids[common:], last_only=True)  # [1, V]
+    logits = session.prefill(prompt_ids[common:], last_only=True, progress=progress)  # [1, V]
     return logits[-1], common
 
 
 def generate(session, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(), *,
              cancel: threading.Event | None = None, constraint: TokenConstraint | None = None,
-             thinking: bool = True, stop_ids: Sequence[int] | None = None) -> Iterator[GenerationEvent]:
+             thinking: bool = True, stop_ids: Sequence[int] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Iterator[GenerationEvent]:
     """Generates one answer to `prompt_ids` on `session`, streaming GenerationEvents.
 
     cancel: set it from any thread to end the answer (finish_reason "cancelled").
     constraint: see TokenConstraint. thinking: the answer starts in reasoning (K2-Thinking).
-    stop_ids: stop tokens (default: tokenizer.stop_ids).
+    stop_ids: stop tokens (default: tokenizer.stop_ids). progress(done, total): prefill progress.
     """
     stops = frozenset(stop_ids if stop_ids is not None else tokenizer.stop_ids)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     t0 = time.perf_counter()
-    logits, stats.cached_tokens = prefill_with_reuse(session, prompt_ids)
+    logits, stats.cached_tokens = prefill_with_reuse(session, prompt_ids, progress=progress)
     t1 = time.perf_counter()
     stats.prefill_seconds = t1 - t0
 

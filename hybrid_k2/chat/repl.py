@@ -13,12 +13,13 @@ import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, TextIO
 
 from hybrid_k2.chat.calculator import TOOL as CALCULATOR_TOOL, run_calculator
-from hybrid_k2.chat.display import StreamPrinter, Terminal, visible
+from hybrid_k2.chat.display import PrefillProgress, StreamPrinter, Terminal, visible
 from hybrid_k2.chat.parser import ToolCall
 from hybrid_k2.chat.sampling import SamplingParams
 from hybrid_k2.chat.template import check_messages
@@ -154,9 +155,13 @@ class Repl:
         cancel = threading.Event()
         conversation = self.conversation()
 
+        def progress(done: int, total: int) -> None:
+            events.put(("prefill", done, total, time.perf_counter()))
+
         def worker():
             try:
-                for event in self.engine.chat(self.session, conversation, self.tools, self.params, cancel=cancel):
+                for event in self.engine.chat(self.session, conversation, self.tools, self.params, cancel=cancel,
+                                              progress=progress):
                     events.put(event)
             except BaseException as e:  # handed to the main thread, which reports it
                 events.put(e)
@@ -165,11 +170,16 @@ class Repl:
 
         threading.Thread(target=worker, name="hybrid-k2-generate", daemon=True).start()
         printer, final, error = StreamPrinter(self.term, self.show_thinking), None, None
+        bar = PrefillProgress(self.term)
         while True:
             try:
                 item = events.get(timeout=0.1)
                 if item is None:
                     break
+                if isinstance(item, tuple):  # ("prefill", done, total, time)
+                    bar.update(*item[1:])
+                    continue
+                bar.end()
                 if isinstance(item, BaseException):
                     error = item
                     continue
@@ -346,7 +356,7 @@ def run_chat(model: Path | None, *, tools_file: Path | None = None, builtin_tool
     from hybrid_k2.chat.engine import ChatEngine
 
     engine = ChatEngine.load(model, device=device, precision=precision, runtime=runtime)
-    context = max_context or engine.model.args.max_position_embeddings
+    context = max_context or engine.model.ctx
     banner = (f"hybrid-k2 chat | {'DEMO model with random weights: its answers are noise | ' if demo else ''}"
               f"{model} | context {context} tokens"
               + (f" | tools: {', '.join(t['function']['name'] for t in tools)}" if tools else "")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import torch
 
-# Key positions per block. CPU: the block's fp32 rows stay in L2 while every query reads them;
-# CUDA: fewer, larger matmuls.
-BLOCK = {"cpu": 1024, "cuda": 8192}
-
-
-def block_for(device: torch.device) -> int:
-    return BLOCK.get(device.type, BLOCK["cuda"])
+def block_for(device_type: str, T: int) -> int:
+    """Key positions per block for a chunk of T queries. CPU: 1024 rows (2.4 MB in fp32) while a chunk's
+    many queries reuse them, 4096 for decode (fewer Python steps); CUDA: as large as keeps the [T, H, B]
+    scores near 2^20 x H values (65,536 rows for decode: few kernel launches at depth), at least 4096."""
+    if device_type == "cpu":
+        return 4096 if T == 1 else 1024
+    return max(4096, min(65536, 2**20 // max(T, 1)))
 
 
 def choose_form(T: int, *, rank: int, nope: int, rope: int, v_dim: int) -> str:

@@ -47,7 +47,7 @@ class MLA(nn.Module):
         self.kv_b_proj = Linear(args.kv_lora_rank, H * (args.qk_nope_head_dim + args.v_head_dim))
         self.o_proj = Linear(H * args.v_head_dim, D)
         self.impl = "auto"  # IMPLS: the blockwise forms (chosen per chunk, or forced) or the reference
-        self.block: int | None = None  # key positions per block (None: attention.block_for(device))
+        self.block: int | None = None  # key positions per block (None: attention.block_for)
         self._weight_f32: tuple[torch.Tensor, torch.Tensor] | None = None  # (source, fp32 copy) on the CPU
 
     def forward(self, x: torch.Tensor, cache: LatentCache, start: int | torch.Tensor,
@@ -82,7 +82,7 @@ class MLA(nn.Module):
             c_all, pe_all = latent[:, :R], latent[:, R:]  # [S, R], [S, P]
             o = (self._absorbed if T == 1 else self._naive)(q_nope, q_pe, c_all, pe_all, start)
         else:
-            block = self.block or attention.block_for(x.device)
+            block = self.block or attention.block_for(x.device.type, T)
             w = self.attention_weight()  # [H (N + V), R]
             if form == "absorbed":
                 w_uk, w_uv = self.absorb_weights(w)

@@ -6,7 +6,8 @@
         ... hybrid_k2.load(path, runtime=runtime)
 
 `runtime_options` appends --place, --gpu-experts, --expert-counts, --cpu-threads, --torch-threads,
---defer-experts and --device-prefill-threshold to the command's signature (typer reads the signature),
+--defer-experts, --device-prefill-threshold, --ctx (aliases --max-context, --max-model-len),
+--kv-cache-dtype and --prefill-chunk to the command's signature (typer reads the signature),
 and calls the command with `runtime=` the RuntimeConfig they build. A value RuntimeConfig refuses is a
 usage error: one line on stderr, exit code 2 (what typer does for a flag it cannot parse). What only the
 model can check (--defer-experts below its top-k, the counts file) is refused at load: exit code 1.
@@ -38,6 +39,13 @@ OPTIONS: dict[str, tuple[object, object]] = {
         0, "--defer-experts", help="Add each token's D lowest-weighted experts one layer later.")),
     "device_prefill_threshold": (Optional[int], typer.Option(
         None, "--device-prefill-threshold", help="Stream experts to the device for prompts above T tokens.")),
+    "ctx": (Optional[int], typer.Option(
+        None, "--ctx", "--max-context", "--max-model-len",
+        help="Context of a session in tokens, planned and allocated (default: the largest that fits).")),
+    "kv_cache_dtype": (str, typer.Option(
+        "auto", "--kv-cache-dtype", help="Latent KV cache storage: auto (compute dtype), bf16 or fp8.")),
+    "prefill_chunk": (Optional[int], typer.Option(
+        None, "--prefill-chunk", help="Prompt tokens per forward (default 512; smaller needs less memory).")),
 }
 
 

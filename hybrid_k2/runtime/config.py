@@ -104,14 +104,15 @@ class RuntimeConfig:
     def from_options(cls, *, place: list[str] | None = None, gpu_experts: int = 0, expert_counts=None,
                      cpu_threads: int | None = None, torch_threads: int | None = None, defer_experts: int = 0,
                      device_prefill_threshold: int | None = None, gpu_mem=None, ram=None, ctx=None,
-                     kv_cache_dtype: str = "auto", **kwargs) -> "RuntimeConfig":
+                     kv_cache_dtype: str = "auto", prefill_chunk: int | None = None, **kwargs) -> "RuntimeConfig":
         """What the CLI options (--place, --gpu-experts, --cpu-threads, --defer-experts, ...) build
         (hybrid_k2/runtime/cli_options.py declares them once for every command)."""
         return cls(placement=Placement().with_overrides(place), gpu_experts=gpu_experts,
                    expert_counts=str(expert_counts) if expert_counts else None, cpu_threads=cpu_threads,
                    torch_threads=torch_threads,
                    defer_experts=defer_experts, device_prefill_threshold=device_prefill_threshold,
-                   gpu_mem=gpu_mem, ram=ram, ctx=ctx, kv_cache_dtype=kv_cache_dtype, **kwargs)
+                   gpu_mem=gpu_mem, ram=ram, ctx=ctx, kv_cache_dtype=kv_cache_dtype, prefill_chunk=prefill_chunk,
+                   **kwargs)
 
     def replace(self, **changes) -> "RuntimeConfig":
         return replace(self, **changes)

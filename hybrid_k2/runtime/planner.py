@@ -10,6 +10,8 @@ Classes (bytes):
                   cache is read in blocks of key positions with an online softmax, so attention's
                   transients depend on the chunk and the block, not on the depth)
   graphs          CUDA-graph pools and static inputs/outputs, one decode graph per batch size
+  reserve         on CUDA, what torch's allocator cannot hand out: the CUDA context, cuBLAS workspaces,
+                  fragmentation of the caching allocator (GPU_RESERVE)
   stream          device-prefill double buffers (two chunks of experts on the device + pinned twins)
   pinned          host staging for hidden states, top-k ids/weights and results (two sets)
   cpu_experts     routed experts in host RAM (every expert: the hot copies on the device stay here too)
@@ -18,7 +20,7 @@ With device = cpu every class lives in host RAM and only the RAM budget applies.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from hybrid_k2.config import ModelArgs
 from hybrid_k2.errors import HybridK2Error
@@ -28,9 +30,11 @@ from hybrid_k2.runtime.placement import Placement, ResolvedPlacement, expected, 
 DTYPE_BYTES = {"fast": 2, "exact": 4}
 PREFILL_CHUNKS = (512, 256, 128, 64, 32, 16)
 STAGING_SETS = 2
+GPU_RESERVE = 3 * 2**29  # 1.5 GiB: CUDA context (~0.5 GiB), cuBLAS workspaces, allocator fragmentation
 # Measured on the tiny models (tests/test_runtime_int8.py, docs/placement.md): what int8 costs.
 INT8_ACCURACY_NOTE = ("measured cost on the tiny random-weight models: mean KL 0.001-0.003 nats/token, top-1 "
                       "agreement 91-97% (docs/placement.md)")
+FP8_ACCURACY_NOTE = "accuracy cost measured in docs/placement.md (fp8 latent cache)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Plan:
     kv_cache_bytes: int
     activation_bytes: int
     graph_bytes: int
+    reserve_bytes: int
     stream_bytes: int
     pinned_bytes: int
     cpu_expert_bytes: int
@@ -116,12 +121,13 @@ def device_weight_bytes(a: ModelArgs, rp: ResolvedPlacement, dtype_bytes: int) -
     return total, embed
 
 
-def attention_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int, block: int) -> int:
+def attention_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int, device: str) -> int:
     """Transient bytes of blockwise MLA (hybrid_k2/model/attention.py) for one chunk: the form the model
-    picks for `tokens` queries, one block of min(block, context) key positions at a time."""
-    from hybrid_k2.model.attention import choose_form
+    picks for `tokens` queries, one block of key positions at a time."""
+    from hybrid_k2.model.attention import block_for, choose_form
 
-    T, H, B = tokens, a.num_attention_heads, min(block, max(context, tokens))
+    T, H = tokens, a.num_attention_heads
+    B = min(block_for(device, T), max(context, tokens))
     N, V, R, P = a.qk_nope_head_dim, a.v_head_dim, a.kv_lora_rank, a.qk_rope_head_dim
     rows = 2 * B * (R + P) * 4  # one block of cache rows read as fp32 (and its dequantisation)
     if choose_form(T, rank=R, nope=N, rope=P, v_dim=V) == "absorbed":
@@ -132,10 +138,10 @@ def attention_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int
     return rows + B * H * (N + V) * (dtype_bytes + 4) + T * H * ((N + P) * 4 + 3 * V * 4 + 2 * B * 4)
 
 
-def activation_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int, block: int = 8192) -> int:
+def activation_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int, device: str = "cuda") -> int:
     """Peak transient bytes of a forward of `tokens` new tokens over `context` positions (see module doc)."""
     T, D = tokens, a.hidden_size
-    attention = attention_bytes(a, tokens=T, context=context, dtype_bytes=dtype_bytes, block=block)
+    attention = attention_bytes(a, tokens=T, context=context, dtype_bytes=dtype_bytes, device=device)
     attention += T * a.num_attention_heads * a.qk_head_dim * dtype_bytes * 2  # q and the roped q_pe
     mlp = 3 * T * max(a.intermediate_size, a.moe_intermediate_size * max(1, a.n_shared_experts)) * dtype_bytes
     logits = T * a.vocab_size * (4 + dtype_bytes)
@@ -160,6 +166,8 @@ def _fixed(a, rp, o: PlanOptions):
 
         expert_scratch += BLOCK_BYTES
     stream = 2 * o.stream_chunk * per_expert if o.device_prefill else 0
+    if o.device == "cpu" and dt != 4:  # MLA keeps kv_b_proj in fp32 on the CPU (MLA.attention_weight)
+        weights += a.num_hidden_layers * a.kv_lora_rank * a.num_attention_heads * (a.qk_nope_head_dim + a.v_head_dim) * 4
     return dict(dt=dt, weights=weights + (embed_dev if rp.embed == "device" else 0), hot=n_hot * per_expert,
                 expert_scratch=expert_scratch, stream=stream, embed=embed_dev if rp.embed == "cpu" else 0,
                 cpu_experts=a.n_moe_layers * a.n_routed_experts * per_expert)
@@ -167,16 +175,14 @@ def _fixed(a, rp, o: PlanOptions):
 
 def _context_bytes(a, o: PlanOptions, ctx: int, chunk: int, dt: int) -> tuple[int, int, int]:
     """(kv cache, activations, graph pools) at context ctx."""
-    from hybrid_k2.model.attention import BLOCK
-
-    block = BLOCK["cuda" if o.device == "cuda" else "cpu"]
+    device = "cuda" if o.device == "cuda" else "cpu"
     kv = kv_bytes_per_token(a, dt, o.kv_dtype) * ctx
-    act = max(activation_bytes(a, tokens=min(chunk, ctx), context=ctx, dtype_bytes=dt, block=block),
-              activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt, block=block))
+    act = max(activation_bytes(a, tokens=min(chunk, ctx), context=ctx, dtype_bytes=dt, device=device),
+              activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt, device=device))
     graphs = 0
     if o.device == "cuda" and o.cuda_graphs and o.graph_batch_sizes:
         b = max(o.graph_batch_sizes)  # one pool shared by every captured batch size
-        graphs = b * activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt, block=block) + sum(
+        graphs = b * activation_bytes(a, tokens=1, context=ctx, dtype_bytes=dt, device=device) + sum(
             bs * (a.hidden_size * 4 + a.vocab_size * 4) for bs in o.graph_batch_sizes)
     return kv, act, graphs
 
@@ -193,7 +199,8 @@ def make_plan(a: ModelArgs, placement: Placement | ResolvedPlacement | None = No
     dt = f["dt"]
     staging_tokens = max(o.prefill_chunk, *o.graph_batch_sizes) if o.graph_batch_sizes else o.prefill_chunk
     pinned = STAGING_SETS * staging_bytes(a, staging_tokens) + f["stream"]
-    gpu_fixed = f["weights"] + f["hot"] + f["expert_scratch"] + f["stream"]
+    reserve = GPU_RESERVE if o.device == "cuda" else 0
+    gpu_fixed = f["weights"] + f["hot"] + f["expert_scratch"] + f["stream"] + reserve
     ram_fixed = f["cpu_experts"] + f["embed"] + pinned
 
     def totals(ctx: int, chunk: int) -> tuple[int, int]:
@@ -216,7 +223,7 @@ def make_plan(a: ModelArgs, placement: Placement | ResolvedPlacement | None = No
     gpu_total, ram_total = totals(ctx, o.prefill_chunk)
     plan = Plan(gpu_weight_bytes=f["weights"], gpu_int8_linears=len(rp.int8_linears), gpu_expert_bytes=f["hot"],
                 n_gpu_experts=rp.n_device_experts, kv_bytes_per_token=kv_bytes_per_token(a, dt, o.kv_dtype),
-                kv_cache_bytes=kv, activation_bytes=act + f["expert_scratch"], graph_bytes=graphs,
+                kv_cache_bytes=kv, activation_bytes=act + f["expert_scratch"], graph_bytes=graphs, reserve_bytes=reserve,
                 stream_bytes=f["stream"], pinned_bytes=pinned, cpu_expert_bytes=f["cpu_experts"],
                 embed_bytes=f["embed"] if rp.embed == "cpu" else 0, embed_on=rp.embed,
                 gpu_total=gpu_total, ram_total=ram_total, gpu_mem=o.gpu_mem, ram=o.ram, ctx=ctx,
@@ -241,28 +248,28 @@ def _shortfall(p: Plan) -> str:
 
 
 def _proposals(a: ModelArgs, rp: ResolvedPlacement, o: PlanOptions) -> list[str]:
-    out = []
-    placement = rp.placement
+    """The first change (flags chat, serve and bench accept) that makes the plan fit, cheapest first."""
+    int8 = rp.placement.with_overrides(["*=device-int8"])
+    candidates = []  # (flags, placement, option changes, what it costs)
     if not rp.int8_linears and o.device == "cuda":
-        p8 = make_plan(a, placement.with_overrides(["*=device-int8"]), o, propose=False)
-        if p8.fits:
-            out.append(f"--place '*=device-int8': GPU-side linears in int8 ({gb(p8.gpu_weight_bytes)} instead "
-                       f"of the bf16 weights), fits with {gb(p8.gpu_headroom or 0)} to spare; {INT8_ACCURACY_NOTE}")
-            return out
-        placement = placement.with_overrides(["*=device-int8"])
-    with_int8 = "--place '*=device-int8' and " if placement is not rp.placement else ""
+        candidates.append(("--place '*=device-int8'", int8, {}, INT8_ACCURACY_NOTE))
+    if o.kv_dtype != "fp8":
+        candidates.append(("--kv-cache-dtype fp8", rp.placement, {"kv_dtype": "fp8"}, FP8_ACCURACY_NOTE))
+        if not rp.int8_linears and o.device == "cuda":
+            candidates.append(("--place '*=device-int8' --kv-cache-dtype fp8", int8, {"kv_dtype": "fp8"},
+                               f"{INT8_ACCURACY_NOTE}; {FP8_ACCURACY_NOTE}"))
+    base = candidates[-1] if candidates else ("", rp.placement, {}, "")
     for chunk in PREFILL_CHUNKS:
-        if chunk >= o.prefill_chunk:
-            continue
-        pc = make_plan(a, placement, PlanOptions(**{**asdict(o), "prefill_chunk": chunk}), propose=False)
-        if pc.fits:
-            out.append(f"{with_int8}--prefill-chunk {chunk} (RuntimeConfig(prefill_chunk={chunk})): the [T, H, S] "
-                       f"attention scores shrink with T; fits with {gb(pc.gpu_headroom or pc.ram_headroom or 0)} "
-                       f"to spare")
-            return out
-    out.append(f"no placement fits{' even with int8' if with_int8 else ''}: lower --ctx (see the largest context "
-               f"that fits) or add memory")
-    return out
+        if chunk < o.prefill_chunk:
+            candidates.append(((base[0] + " " if base[0] else "") + f"--prefill-chunk {chunk}", base[1],
+                               {**base[2], "prefill_chunk": chunk}, "smaller prompt chunks, slower prefill"))
+    for flags, placement, changes, cost in candidates:
+        p = make_plan(a, placement, replace(o, **changes), propose=False)
+        if p.fits:
+            spare = p.gpu_headroom if o.device == "cuda" and p.gpu_headroom is not None else p.ram_headroom
+            return [f"{flags}: fits with {gb(spare or 0)} to spare (GPU-side weights {gb(p.gpu_weight_bytes)}, "
+                    f"KV cache {gb(p.kv_cache_bytes)}); {cost}"]
+    return ["no placement fits: lower --ctx (see the largest context that fits) or add memory"]
 
 
 def gb(n: int | None) -> str:
@@ -273,5 +280,5 @@ def check_plan(plan: Plan) -> None:
     """Load-time refusal, one line: what does not fit, and what would."""
     if plan.fits:
         return
-    hint = f"; try {plan.proposals[0].split(' (')[0].split(':')[0]}" if plan.proposals and plan.proposals[0].startswith("--") else ""
+    hint = f"; try {plan.proposals[0].split(':')[0]}" if plan.proposals and plan.proposals[0].startswith("--") else ""
     raise HybridK2Error(f"cannot load: {plan.problems[0]}{hint} (see hybrid-k2 plan)")

@@ -9,21 +9,27 @@ from hybrid_k2.runtime.config import RuntimeConfig, parse_bytes
 from hybrid_k2.runtime.planner import Plan, PlanOptions, gb, make_plan
 
 
-def plan_for(model: Path, *, gpu_mem: str | None, ram: str | None, ctx: int, precision: str = "fast",
-             device: str = "cuda", place: list[str] | None = None, gpu_experts: int = 0,
-             expert_counts: str | None = None, prefill_chunk: int = 512,
+def plan_for(model: Path, *, gpu_mem: str | None, ram: str | None, ctx: int | None = None,
+             precision: str = "fast", device: str = "cuda", place: list[str] | None = None, gpu_experts: int = 0,
+             expert_counts: str | None = None, prefill_chunk: int | None = None,
              device_prefill_threshold: int | None = None, graph_batch_sizes: tuple[int, ...] = (1,),
-             runtime: RuntimeConfig | None = None) -> Plan:
-    """runtime (what the CLI flags built) replaces place / gpu_experts / expert_counts / device_prefill_threshold."""
+             kv_cache_dtype: str = "auto", runtime: RuntimeConfig | None = None) -> Plan:
+    """runtime (what the CLI flags built) replaces place / gpu_experts / expert_counts /
+    device_prefill_threshold / ctx / prefill_chunk / kv_cache_dtype. Without a context: the model's maximum."""
     from hybrid_k2.runtime.placement import resolve
 
     args = ModelArgs.from_hf_config(model)
     config = runtime or RuntimeConfig.from_options(place=place, gpu_experts=gpu_experts, expert_counts=expert_counts,
-                                                   device_prefill_threshold=device_prefill_threshold)
+                                                   device_prefill_threshold=device_prefill_threshold, ctx=ctx,
+                                                   prefill_chunk=prefill_chunk, kv_cache_dtype=kv_cache_dtype)
     hot = config.hot_experts({L: args.n_routed_experts for L in range(args.num_hidden_layers)
                               if args.is_moe_layer(L)})
-    options = PlanOptions(gpu_mem=parse_bytes(gpu_mem), ram=parse_bytes(ram), ctx=ctx, precision=precision,
-                          device=device, prefill_chunk=prefill_chunk, graph_batch_sizes=graph_batch_sizes,
+    from hybrid_k2.runtime.config import PREFILL_CHUNK
+
+    options = PlanOptions(gpu_mem=parse_bytes(gpu_mem), ram=parse_bytes(ram),
+                          ctx=config.ctx or args.max_position_embeddings, precision=precision,
+                          device=device, prefill_chunk=config.prefill_chunk or PREFILL_CHUNK,
+                          graph_batch_sizes=graph_batch_sizes, kv_dtype=config.kv_cache_dtype,
                           device_prefill=config.device_prefill_threshold is not None)
     return make_plan(args, resolve(args, config.placement, hot), options)
 
@@ -47,9 +53,11 @@ def print_plan(plan: Plan, *, output: str = "table", model: Path | None = None) 
         ("GPU-side weights", where_dev, plan.gpu_weight_bytes,
          f"{dt}" + (f", {plan.gpu_int8_linears} linears int8" if plan.gpu_int8_linears else "")),
         ("hot routed experts", where_dev, plan.gpu_expert_bytes, f"{plan.n_gpu_experts} experts, INT4"),
-        ("KV cache", where_dev, plan.kv_cache_bytes, f"{plan.kv_bytes_per_token:,} B/token x {plan.ctx:,}"),
+        ("KV cache", where_dev, plan.kv_cache_bytes,
+         f"{plan.kv_bytes_per_token:,} B/token x {plan.ctx:,} ({plan.kv_dtype if plan.kv_dtype != 'auto' else dt})"),
         ("activations", where_dev, plan.activation_bytes, f"prefill chunk {plan.prefill_chunk}"),
         ("CUDA-graph buffers", where_dev, plan.graph_bytes, "decode graphs"),
+        ("CUDA reserve", where_dev, plan.reserve_bytes, "context, cuBLAS workspaces, fragmentation"),
         ("device-prefill stream", where_dev, plan.stream_bytes, "2 chunks of experts"),
         ("pinned staging", "host RAM", plan.pinned_bytes, "hidden states, top-k, results"),
         ("routed experts", "host RAM", plan.cpu_expert_bytes, "INT4 + bf16 scales"),

@@ -39,7 +39,7 @@ MIN_PREFIX_REUSE = 16
 @dataclass
 class ServeConfig:
     served_model_name: str = "kimi-k2-thinking"
-    max_model_len: Optional[int] = None         # default: the model's max_position_embeddings
+    max_model_len: Optional[int] = None         # default: the planned context (--ctx)
     cache_tokens: int = 65536                   # prefix cache budget (tokens of KV kept idle)
     cache_sessions: int = 8
     thinking_token_budget: Optional[int] = None  # server default; a request may set its own
@@ -71,7 +71,7 @@ class Engine:
         self.served_model_name = config.served_model_name
         self.reasoning_field = config.reasoning_field
         self.vocab_size = model.args.vocab_size
-        self.max_model_len = config.max_model_len or model.args.max_position_embeddings
+        self.max_model_len = config.max_model_len or model.ctx  # --ctx, else the planned context
         gen = generation_defaults or {}
         self.default_temperature = _first(config.default_temperature, gen.get("temperature"), 1.0)
         self.default_top_p = _first(config.default_top_p, gen.get("top_p"), 1.0)
