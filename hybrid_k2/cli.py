@@ -103,6 +103,8 @@ def bench_cmd(
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Warm up (and touch every expert) first."),
     reprobe: bool = typer.Option(False, "--reprobe", help="Measure the memory bandwidth again (else cached)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+    fill: str = typer.Option("prefill", "--fill",
+                             help="How the cache reaches each depth: prefill (real tokens) or synthetic (random rows)."),
     runtime=None,
 ) -> None:
     """Prompt-processing and generation tokens/s (llama-bench style), step breakdown, bandwidth roofline."""
@@ -115,7 +117,7 @@ def bench_cmd(
                             threads=parse_int_list(threads, "--threads", minimum=1), runtime=runtime,
                             precision=precision, device=device,
                             output=output, plot=plot, project=Target.parse(project) if project else None,
-                            seed=seed, warmup=warmup, reprobe=reprobe, progress=progress)
+                            seed=seed, warmup=warmup, reprobe=reprobe, progress=progress, fill=fill)
         run_bench(opts)
     except BenchOptionError as e:  # a usage error, like a flag the parser rejects
         fail(str(e), code=2)

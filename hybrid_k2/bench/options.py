@@ -90,6 +90,9 @@ class Target:
                    name=fields.get("name", "target"), model=fields.get("model", "kimi-k2-thinking"))
 
 
+FILLS = ("prefill", "synthetic")  # how the cache reaches a depth (BenchOptions.fill)
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     model: Path | None = None  # None: the built-in demo model
@@ -110,6 +113,7 @@ class BenchOptions:
     warmup: bool = True
     reprobe: bool = False  # re-measure the memory bandwidth even if cached
     progress: bool | None = None  # None: when stderr is a terminal
+    fill: str = "prefill"  # how the cache reaches each depth: "prefill" (real tokens) or "synthetic" (random rows)
 
     def __post_init__(self):
         checks = [
@@ -124,6 +128,7 @@ class BenchOptions:
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.output in OUTPUTS, f"--output must be one of {', '.join(OUTPUTS)}"),
             (self.plot is None or str(self.plot).lower().endswith(".png"), "--plot must name a .png file"),
+            (self.fill in FILLS, f"--fill must be one of {', '.join(FILLS)}"),
         ]
         for ok, message in checks:
             if not ok:

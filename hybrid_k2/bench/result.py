@@ -139,7 +139,7 @@ def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: 
                      "depths": list(opts.depths), "batches": list(opts.batches),
                      "threads": sorted(data.bandwidth), "torch_threads": data.torch_threads,
                      "precision": opts.precision, "device": opts.device,
-                     "seed": opts.seed, "warmup": opts.warmup,
+                     "seed": opts.seed, "warmup": opts.warmup, "fill": opts.fill,
                      "warmup_experts_touched": data.warmup_experts_touched},
         "pp": _headline(results, "pp"),
         "tg": _headline(results, "tg"),

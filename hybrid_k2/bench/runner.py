@@ -220,7 +220,10 @@ class Runner:
                 fill = self.progress.add_task(f"fill cache to d{depth}", total=None) if depth else None
                 session.truncate(min(len(session), depth))
                 t0 = time.perf_counter()
-                self.prefill(session, self.tokens[len(session):depth], max(o.batches))
+                if o.fill == "synthetic":
+                    fill_synthetic(session, self.tokens[len(session):depth])
+                else:
+                    self.prefill(session, self.tokens[len(session):depth], max(o.batches))
                 fill_s = time.perf_counter() - t0
                 if fill is not None:
                     self.progress.remove_task(fill)
@@ -237,6 +240,22 @@ class Runner:
                                     "fill_seconds": fill_s if depth else 0.0})
         finally:
             instrument.close()
+
+
+def fill_synthetic(session, ids: list[int], chunk: int = 4096) -> None:
+    """Appends ids to the session with random latent rows in every layer's cache instead of running the model:
+    attention's cost at a depth depends on how many rows there are, not on their values, so pp/tg at depth
+    are measured without the (on a CPU: hour-long) prefill of the depth itself. Rows are N(0, 1), the scale
+    of kv_a_layernorm's output."""
+    g = torch.Generator().manual_seed(len(session))
+    with torch.inference_mode():
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            start = len(session)
+            for cache in session.caches:
+                rows = torch.randn(len(part), cache.kv_dim, generator=g).to(device=cache.device, dtype=cache.dtype)
+                cache.write(start, rows)
+            session.tokens.extend(part)
 
 
 def random_tokens(vocab_size: int, count: int, seed: int) -> list[int]:

@@ -19,15 +19,34 @@ Causal masking only touches blocks that reach past the chunk's first position.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 def block_for(device_type: str, T: int) -> int:
-    """Key positions per block for a chunk of T queries. CPU: 1024 rows (2.4 MB in fp32) while a chunk's
-    many queries reuse them, 4096 for decode (fewer Python steps); CUDA: as large as keeps the [T, H, B]
-    scores near 2^20 x H values (65,536 rows for decode: few kernel launches at depth), at least 4096."""
+    """Key positions per block for a chunk of T queries. CPU: 1024 rows (2.4 MB in fp32, cache-resident while
+    every query reads them); CUDA: as large as keeps the [T, H, B] scores near 2^20 x H values (65,536 rows
+    for decode: few kernel launches at depth), at least 4096."""
     if device_type == "cpu":
-        return 4096 if T == 1 else 1024
+        return 1024
     return max(4096, min(65536, 2**20 // max(T, 1)))
+
+
+class _Scratch(threading.local):
+    """Per-thread reusable buffers for the per-block conversions (one allocation, not one per block)."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+
+    def get(self, name: str, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (name, cols, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape[0] < rows:
+            buf = self.buffers[key] = torch.empty(rows, cols, dtype=dtype, device=device)
+        return buf
+
+
+SCRATCH = _Scratch()
 
 
 def choose_form(T: int, *, rank: int, nope: int, rope: int, v_dim: int) -> str:
@@ -78,10 +97,11 @@ def absorbed(q_lat: torch.Tensor, q_pe: torch.Tensor, cache, start: int | torch.
     static = isinstance(start, torch.Tensor)
     S = cache.capacity if static else start + T
     q = torch.cat((q_lat.float(), q_pe.float()), dim=-1).mul_(scale).reshape(T * H, -1)  # [T H, R + P]
+    rows = SCRATCH.get("rows", min(block, S), cache.kv_dim, torch.float32, q.device)
     sm = OnlineSoftmax()
     for s0 in range(0, S, block):
         s1 = min(S, s0 + block)
-        kv = cache.read(s0, s1)  # [B, R + P] fp32
+        kv = cache.read(s0, s1, out=rows)  # [B, R + P] fp32
         scores = q @ kv.T  # [T H, B]
         if static:
             mask = (torch.arange(s0, s1, device=q.device) > start)[None]  # [1, B]
@@ -101,10 +121,11 @@ def expanded(q_nope: torch.Tensor, q_pe: torch.Tensor, cache, kv_b_proj, start: 
     S, R, dtype = start + T, cache.rank, q_nope.dtype
     qn = q_nope.float().mul_(scale).transpose(0, 1)  # [H, T, N]
     qp = q_pe.float().mul_(scale).transpose(0, 1)  # [H, T, P]
+    rows = SCRATCH.get("rows", min(block, S), cache.kv_dim, dtype, q_nope.device)
     sm = OnlineSoftmax()
     for s0 in range(0, S, block):
         s1 = min(S, s0 + block)
-        kv = cache.read(s0, s1, dtype)  # [B, R + P]
+        kv = cache.read(s0, s1, dtype, out=rows)  # [B, R + P]
         kvb = kv_b_proj(kv[:, :R]).view(s1 - s0, H, N + v_dim)  # [B, H, N + V]
         k_nope = kvb[..., :N].float().permute(1, 2, 0)  # [H, N, B]
         v = kvb[..., N:].float().transpose(0, 1)  # [H, B, V]

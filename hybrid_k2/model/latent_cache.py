@@ -100,12 +100,17 @@ class LatentCache:
         else:
             self.data.index_copy_(0, pos, row.to(self.storage))
 
-    def read(self, s0: int, s1: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Rows of positions s0..s1-1 as [s1 - s0, R + P] in `dtype` (a view when no conversion is needed)."""
+    def read(self, s0: int, s1: int, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of positions s0..s1-1 as [s1 - s0, R + P] in `dtype` (a view when no conversion is needed).
+
+        out: a [>= s1 - s0, R + P] buffer to convert into (reused by blockwise attention: on the CPU a fresh
+        multi-MB tensor per block costs more in page faults than the conversion itself)."""
         rows = self.data[s0:s1]
         if self.fp8:
-            return dequantize_fp8(rows, self.scale[s0:s1], self.rank, dtype)
-        return rows if rows.dtype == dtype else rows.to(dtype)
+            return dequantize_fp8(rows, self.scale[s0:s1], self.rank, dtype, out)
+        if rows.dtype == dtype:
+            return rows
+        return rows.to(dtype) if out is None else out[:s1 - s0].copy_(rows)
 
     # -- moving a prefix as stored (host tier, disk) --------------------------------------------------
     def state(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -148,9 +153,13 @@ def quantize_fp8(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     return (x / per_value).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
-def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
-    """fp8 [S, R + P] and scales [S, 2] -> [S, R + P] in dtype."""
-    x = q.to(torch.float32)
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, rank: int, dtype: torch.dtype,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """fp8 [S, R + P] and scales [S, 2] -> [S, R + P] in dtype (into out[:S] when given and dtype is fp32)."""
+    if out is not None and dtype == torch.float32:
+        x = out[:q.shape[0]].copy_(q)
+    else:
+        x = q.to(torch.float32)
     x[:, :rank] *= scale[:, :1]
     x[:, rank:] *= scale[:, 1:]
     return x if dtype == torch.float32 else x.to(dtype)
