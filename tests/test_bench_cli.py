@@ -121,6 +121,7 @@ def test_markdown_rendering(demo_json):
     (["-p", "0", "-n", "0"], "nothing to measure"),
     (["--bogus"], "--bogus"),
     (["-t", "0"], "--threads"),
+    (["--fill", "random"], "--fill"),
 ])
 def test_bad_flags_one_line_exit_2(args, message):
     r = bench(*args, "--no-progress", check=False)
@@ -128,6 +129,18 @@ def test_bad_flags_one_line_exit_2(args, message):
     lines = [line for line in r.stderr.splitlines() if not line.startswith("note:")]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_synthetic_fill_reaches_the_depth_without_prefill():
+    """--fill synthetic writes random latent rows: the cache holds the depth, the fill takes no forward."""
+    r = bench("-p", "8", "-n", "4", "-r", "1", "-t", "1", "--no-progress", "--no-warmup", "-d", "0,3000",
+              "--fill", "synthetic", "--kv-cache-dtype", "fp8", "-o", "json")
+    doc = json.loads(r.stdout)
+    jsonschema.validate(doc, schema())
+    assert doc["settings"]["fill"] == "synthetic"
+    deep = next(m for m in doc["memory"] if m["depth"] == 3000)
+    assert deep["kv_cache_bytes"] == doc["model"]["kv_bytes_per_token"] * 3008 and deep["fill_seconds"] > 0
+    assert {(x["kind"], x["depth"]) for x in doc["results"]} == {("pp", 0), ("tg", 0), ("pp", 3000), ("tg", 3000)}
 
 
 def test_runtime_flags_reach_the_loaded_runtime():

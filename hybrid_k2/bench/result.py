@@ -61,12 +61,12 @@ def experts_row(p: StepProfile, args, bw: dict) -> dict:
 def roofline_row(p: StepProfile, model, bw: dict, tg_row: dict, gpu_gbps: float | None) -> dict:
     a, net = model.args, model.net
     context = p.context_sum / p.steps
-    cache_bytes = net.dtype.itemsize  # the latent cache is kept in the model dtype
+    cache_bytes = net.dtype.itemsize  # the compute dtype: what the "auto" cache kind stores
     weights = device_weight_bytes(net)
     dev_experts = p.device_experts_read / p.steps * routed_bytes_per_expert(a)
     on_cpu = model.device.type == "cpu"
     c = Ceiling(cpu_bytes=p.cpu_experts_read / p.steps * routed_bytes_per_expert(a),
-                device_bytes=weights + dev_experts + kv_read_bytes(a, context, cache_bytes),
+                device_bytes=weights + dev_experts + kv_read_bytes(a, context, cache_bytes, model.kv_dtype),
                 cpu_gbps=bw["read_gbps"], device_gbps=bw["read_gbps"] if on_cpu or not gpu_gbps else gpu_gbps,
                 device_reads_host_memory=on_cpu)
     bound = c.serial_tok_s
@@ -89,7 +89,7 @@ def model_section(model, opts: BenchOptions, demo: bool, data: RunData) -> dict:
             "routed_bytes_per_expert": routed_bytes_per_expert(a),
             "routed_bytes_per_token": decode_expert_bytes_per_token(a),
             "device_weight_bytes": device_weight_bytes(model.net),
-            "kv_bytes_per_token": kv_bytes_per_token(a, model.net.dtype.itemsize),
+            "kv_bytes_per_token": kv_bytes_per_token(a, model.net.dtype.itemsize, model.kv_dtype),
             "precision": opts.precision, "device": str(model.device), "experts_backend": data.experts_backend,
             "runtime": runtime.describe() if runtime is not None and hasattr(runtime, "describe") else None,
             "instrument": data.instrument_mode}

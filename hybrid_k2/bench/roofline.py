@@ -57,9 +57,9 @@ def device_weight_bytes(net) -> int:
     return total
 
 
-def kv_read_bytes(args: ModelArgs, context: float, dtype_bytes: int) -> float:
+def kv_read_bytes(args: ModelArgs, context: float, dtype_bytes: int, kv_dtype: str = "auto") -> float:
     """Latent cache bytes one decode step reads at `context` positions (absorbed MLA reads them all)."""
-    return kv_bytes_per_token(args, dtype_bytes) * context
+    return kv_bytes_per_token(args, dtype_bytes, kv_dtype) * context
 
 
 @lru_cache(maxsize=1)
