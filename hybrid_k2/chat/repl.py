@@ -337,7 +337,7 @@ def _setup_readline():
 
 def run_chat(model: Path | None, *, tools_file: Path | None = None, builtin_tools: bool = False,
              params: SamplingParams, system: str | None = None, show_thinking: bool = True,
-             max_context: int | None = None, device: str = "cpu", precision: str = "exact",
+             max_context: int | None = None, device: str = "cpu", precision: str = "fast",
              runtime=None) -> int:
     """The `hybrid-k2 chat` command: checks the inputs, loads the model, runs the REPL."""
     tools = load_tools(tools_file) if tools_file is not None else []
