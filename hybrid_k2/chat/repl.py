@@ -9,7 +9,6 @@ answer cannot send escape sequences to the terminal (display.py).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sys
 import threading
@@ -318,7 +317,9 @@ def _setup_readline():
         import readline
     except ImportError:
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid-k2"
+    from hybrid_k2.paths import cache_dir
+
+    cache = cache_dir()
     history = cache / "chat_history"
     try:
         readline.read_history_file(history)

@@ -261,4 +261,4 @@ def make_tiny(out_dir: str | Path, spec: TinySpec = TinySpec(), *, force: bool =
 
 
 # The random-weight demo model every command falls back to without --model (tiny/demo.py).
-from hybrid_k2.tiny.demo import DEMO_SPEC, demo_cache_dir, demo_model_path  # noqa: E402
+from hybrid_k2.tiny.demo import DEMO_SPEC, demo_model_path  # noqa: E402

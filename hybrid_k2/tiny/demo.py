@@ -14,16 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from hybrid_k2.paths import cache_dir
 from hybrid_k2.tiny import TinySpec, make_tiny
 
 DEMO_SPEC = TinySpec(seed=0, layers=3, experts=16, top_k=4, hidden=128, moe_intermediate=64)
 DEMO_NAME = "demo-v1"
 PARTIAL = f".{DEMO_NAME}.partial-"  # + writer pid + "-" + random
 LEGACY_PARTIAL_AGE_S = 3600  # tempfile's old "demo-XXXX" folders carry no pid: removed when this old
-
-
-def demo_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid-k2"
 
 
 def _alive(pid: int) -> bool:
@@ -53,7 +50,7 @@ def remove_stale_partials(cache: Path) -> list[Path]:
 
 def demo_model_path(*, quiet: bool = False) -> Path:
     """The demo model's folder, written on first use (and said so on stderr)."""
-    cache = demo_cache_dir()
+    cache = cache_dir()
     path = cache / DEMO_NAME
     if not quiet:
         print("note: no --model given; using the built-in random-weight demo model (its answers are noise)",
