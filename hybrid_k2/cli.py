@@ -15,7 +15,6 @@ from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.runtime.cli_options import runtime_options
 
 
-
 def _valueless_flags(params: list) -> list:
     """A flag takes no value: --help shows no type for it (typer would print `<bool>`)."""
     for p in params:
@@ -80,7 +79,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
                                        help="Print the version (and the commit it was built from) and exit.")) -> None:
-    """Run Kimi-K2-Thinking on one machine: GPU for attention, CPU INT4 kernels for the experts."""
+    pass  # the options of `hybrid-k2` itself; the help text is the app's
 
 
 @command("make-tiny")
