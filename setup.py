@@ -5,12 +5,15 @@ its own -m flags (never -march=native), and the path is chosen at runtime from c
 of a source file follow from its name: *_avx2.cpp, *_avx512.cpp, *_avx512bf16.cpp, *_amx.cpp.
 """
 import glob
+import json
 import os
 import platform
+import subprocess
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
@@ -49,6 +52,34 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def source_commit() -> dict | None:
+    """The commit of the git checkout being built (and whether tracked files differ), else None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.exists(os.path.join(here, ".git")):
+        return None
+    try:
+        git = ["git", "-C", here]
+        head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.strip(), "dirty": bool(dirty.strip())}
+
+
+class BuildPy(build_py):
+    """Records the commit in hybrid_k2/_build_info.json: an installed copy has no .git to ask."""
+
+    def run(self):
+        super().run()
+        info = source_commit()
+        if info is not None and not self.dry_run:
+            target = os.path.join(self.build_lib, "hybrid_k2", "_build_info.json")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w", encoding="utf-8") as f:
+                json.dump(info, f)
+
+
 # Compile the translation units in parallel (HYBRID_K2_BUILD_JOBS, default: all CPUs).
 ParallelCompile("HYBRID_K2_BUILD_JOBS", default=0).install()
 
@@ -67,4 +98,4 @@ ext = Pybind11Extension(
     extra_link_args=["-pthread"],
 )
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

@@ -22,6 +22,7 @@ from hybrid_k2.config import ModelArgs
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.model.experts import Int4ExpertStore
 from hybrid_k2.model.transformer import KimiK2
+from hybrid_k2.token_ids import token_list, token_scalar
 from hybrid_k2.runtime.config import PREFILL_CHUNK  # bounds the [T, H, S] attention scores
 
 PRECISIONS = {"exact": torch.float32, "fast": torch.bfloat16}
@@ -83,12 +84,13 @@ class Session:
                                 f"the context of {self.max_len}")
 
     @torch.inference_mode()
-    def prefill(self, token_ids: Sequence[int], *, last_only: bool = False,
+    def prefill(self, token_ids: Sequence[int] | torch.Tensor, *, last_only: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Appends token_ids; returns fp32 logits [T, V] for every position ([1, V] with last_only).
+        """Appends token_ids (ints, or a 1-D integer tensor / numpy array); returns fp32 logits [T, V] for
+        every position ([1, V] with last_only).
 
         progress(done, total) is called after each chunk of PREFILL_CHUNK tokens (and once at 0)."""
-        ids = list(token_ids)
+        ids = token_list(token_ids)
         if not ids:
             raise HybridK2Error("prefill needs at least one token")
         self._check(ids)
@@ -112,7 +114,9 @@ class Session:
 
     @torch.inference_mode()
     def decode(self, token_id: int) -> torch.Tensor:
-        """Appends one token; returns fp32 logits [V] for the next position."""
+        """Appends one token (an int, or a one-element integer tensor / array); returns fp32 logits [V] for
+        the next position."""
+        token_id = token_scalar(token_id)
         self._check([token_id])
         start = len(self.tokens)
         logits = self.model.runner(torch.tensor([token_id], dtype=torch.long), self.caches, start)

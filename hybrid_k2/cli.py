@@ -4,6 +4,7 @@ Every user mistake surfaces as one line on stderr and a non-zero exit (never a t
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,12 +14,40 @@ import typer
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.runtime.cli_options import runtime_options
 
+
+def _valueless_flags(params: list) -> list:
+    """A flag takes no value: --help shows no type for it (typer would print `<bool>`)."""
+    for p in params:
+        if getattr(p, "is_flag", False):
+            p.metavar = ""
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    def get_params(self, ctx):
+        return _valueless_flags(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _valueless_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Run Kimi-K2-Thinking on one machine: GPU for attention, CPU INT4 kernels for the experts.",
 )
+command = functools.partial(app.command, cls=Command)
+
+# The device and precision flags of every command that loads or plans a model.
+DEVICE = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N]: "
+                      "where attention, the dense layer and the shared experts run.")
+PRECISION = typer.Option("fast", "--precision", help="fast (bf16 + fast kernels) or exact (fp32, no TF32: "
+                         "for checking numerics).")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -26,7 +55,34 @@ def fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
-@app.command("make-tiny")
+def checked_device(device: str, precision: str, *, gpu_wanted: bool = False) -> str:
+    """The device `--device` names ("auto" resolved); a bad --device or --precision is a usage error."""
+    from hybrid_k2.api import PRECISIONS
+    from hybrid_k2.runtime.machine import resolve_device
+
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", code=2)
+    try:
+        return resolve_device(device, gpu_wanted=gpu_wanted)
+    except HybridK2Error as e:
+        fail(str(e), code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from hybrid_k2.version import describe
+
+        typer.echo(f"hybrid-k2 {describe()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version (and the commit it was built from) and exit.")) -> None:
+    pass  # the options of `hybrid-k2` itself; the help text is the app's
+
+
+@command("make-tiny")
 def make_tiny_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to write the checkpoint into."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -51,7 +107,7 @@ def make_tiny_cmd(
     typer.echo(f"wrote {path}")
 
 
-@app.command("chat")
+@command("chat")
 @runtime_options
 def chat_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the random-weight demo model)."),
@@ -66,14 +122,15 @@ def chat_cmd(
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible answers."),
     thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", help="Force the end of thinking after N tokens."),
     hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Start with the thinking hidden (/think on shows it)."),
-    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
-    precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
+    device: str = DEVICE,
+    precision: str = PRECISION,
     runtime=None,
 ) -> None:
     """Talk to the model in the terminal: streamed answers, thinking shown dimmed, tool calls, /help."""
     from hybrid_k2.chat.repl import run_chat
     from hybrid_k2.chat.sampling import SamplingParams
 
+    device = checked_device(device, precision)
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                             max_tokens=max_tokens or (4096 if model is not None else 128),
                             thinking_budget=thinking_budget)
@@ -82,7 +139,7 @@ def chat_cmd(
                               precision=precision, runtime=runtime))
 
 
-@app.command("bench")
+@command("bench")
 @runtime_options
 def bench_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the demo model)."),
@@ -93,8 +150,8 @@ def bench_cmd(
     batch: str = typer.Option("512", "--batch", "-b", help="Prompt tokens per forward during pp (list or range)."),
     threads: Optional[str] = typer.Option(None, "--threads", "-t",
                                           help="Expert-kernel threads (list; default: physical cores)."),
-    precision: str = typer.Option("fast", help="fast (bf16 + fast kernels) or exact (fp32)."),
-    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
+    precision: str = PRECISION,
+    device: str = DEVICE,
     output: str = typer.Option("table", "--output", "-o", help="table | json | csv | md."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write tok/s vs depth and the step breakdown to a PNG."),
     project: Optional[str] = typer.Option(None, "--project",
@@ -111,6 +168,7 @@ def bench_cmd(
     from hybrid_k2.bench import run_bench
     from hybrid_k2.bench.options import BenchOptionError, BenchOptions, Target, parse_int_list
 
+    device = checked_device(device, precision)
     try:
         opts = BenchOptions(model=model, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                             depths=parse_int_list(depth, "--depth"), batches=parse_int_list(batch, "--batch"),
@@ -123,9 +181,10 @@ def bench_cmd(
         fail(str(e), code=2)
 
 
-@app.command("info")
+@command("info")
 def info_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder, or config.json alone (default: "
+                                         "the demo model)."),
 ) -> None:
     """Architecture, parameter counts by placement, bytes, KV bytes per token, and loader findings."""
     from hybrid_k2.info import print_info
@@ -133,7 +192,7 @@ def info_cmd(
     print_info(model)
 
 
-@app.command("serve")
+@command("serve")
 @runtime_options
 def serve_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
@@ -151,8 +210,8 @@ def serve_cmd(
                                                         help="Default cap on reasoning tokens (none: unbounded)."),
     reasoning_field: str = typer.Option("reasoning_content", "--reasoning-field",
                                         help="reasoning_content | reasoning | both (newer vLLM clients read 'reasoning')."),
-    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
-    precision: str = typer.Option("exact", help="exact (fp32) or fast (bf16 + fast kernels)."),
+    device: str = DEVICE,
+    precision: str = PRECISION,
     threads: Optional[int] = typer.Option(None, help="Same as --torch-threads (kept for old scripts)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
     runtime=None,
@@ -161,6 +220,7 @@ def serve_cmd(
     from hybrid_k2.serve.engine import ServeConfig
     from hybrid_k2.serve.server import run_server
 
+    device = checked_device(device, precision)
     config = ServeConfig(served_model_name=served_model_name, max_model_len=runtime.ctx,
                          cache_tokens=prefix_cache_tokens, cache_sessions=prefix_cache_sessions,
                          thinking_token_budget=thinking_token_budget, reasoning_field=reasoning_field)
@@ -169,14 +229,15 @@ def serve_cmd(
                log_level=log_level, runtime=runtime)
 
 
-@app.command("plan")
+@command("plan")
 @runtime_options
 def plan_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder or config.json (no weights needed)."),
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory budget, e.g. 24GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="Host RAM budget, e.g. 1TiB."),
-    precision: str = typer.Option("fast", help="fast (bf16 on the GPU) or exact (fp32)."),
-    device: str = typer.Option("cuda", help="cuda (GPU classes on the GPU) or cpu (everything in RAM)."),
+    precision: str = PRECISION,
+    device: str = typer.Option("auto", "--device", help="auto (cuda when a GPU is present or --gpu-mem is "
+                               "given, else cpu: everything in RAM), cpu or cuda[:N]."),
     output: str = typer.Option("table", "--output", help="table | json"),
     runtime=None,
 ) -> None:
@@ -186,19 +247,20 @@ def plan_cmd(
 
     if output not in ("table", "json"):
         fail(f"--output must be table or json, got {output!r}")
+    device = checked_device(device, precision, gpu_wanted=gpu_mem is not None)
     path = model if model is not None else demo_model_path()
     plan = plan_for(path, gpu_mem=gpu_mem, ram=ram, precision=precision, device=device, runtime=runtime)
     print_plan(plan, output=output, model=path)
 
 
-@app.command("profile-experts")
+@command("profile-experts")
 @runtime_options
 def profile_experts_cmd(
     prompts: Path = typer.Option(..., "--prompts", help="Text (one prompt per line) or JSON lines."),
     out: Path = typer.Option(..., "--out", help="Counts file to write (read by --gpu-experts)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint folder (default: the demo model)."),
-    device: str = typer.Option("cpu", help="Device for attention/dense weights."),
-    precision: str = typer.Option("exact", help="exact or fast."),
+    device: str = DEVICE,
+    precision: str = PRECISION,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Use at most this many tokens per prompt."),
     runtime=None,
 ) -> None:
@@ -206,6 +268,7 @@ def profile_experts_cmd(
     from hybrid_k2.runtime.profile import profile_experts
     from hybrid_k2.tiny import demo_model_path
 
+    device = checked_device(device, precision)
     data = profile_experts(model if model is not None else demo_model_path(), prompts, out, device=device,
                            precision=precision, max_tokens=max_tokens, runtime=runtime)
     typer.echo(f"wrote {out}: {data['tokens']} tokens over {data['prompts']} prompts, {len(data['counts'])} MoE layers")

@@ -118,6 +118,8 @@ def _read_config(source: str | Path) -> dict:
     path = Path(source)
     if path.is_dir():
         path = path / "config.json"
+    if not path.exists() and path.suffix != ".json":  # a folder that is not there, not a missing config.json
+        raise ConfigError(f"model folder not found: {path}")
     if not path.exists():
         parent = path.parent
         if not parent.exists():

@@ -107,6 +107,15 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def config_only(path: Path) -> bool:
+    """config.json alone (the file, or a folder with no index and no shard): `info` then reports what the
+    config tells and says what it cannot check. Anything else goes to the checkpoint reader's checks."""
+    if path.is_file():
+        return path.suffix == ".json"
+    return path.is_dir() and not (path / "model.safetensors.index.json").exists() and \
+        not any(path.glob("*.safetensors"))
+
+
 def print_info(model: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -115,7 +124,7 @@ def print_info(model: Path | None) -> None:
     from hybrid_k2.tiny import demo_model_path
 
     path = Path(model) if model is not None else demo_model_path()
-    reader = CheckpointReader(path)  # checks the folder and every shard's header first
+    reader = None if config_only(path) else CheckpointReader(path)  # checks the folder and every shard's header first
     a = ModelArgs.from_hf_config(path)
     s = sizes(a)
     console = Console()
@@ -148,6 +157,11 @@ def print_info(model: Path | None) -> None:
     console.print(f"KV cache: {kv_bytes_per_token(a):,} B per token (bf16 latent, {a.kv_dim} values x "
                   f"{a.num_hidden_layers} layers)")
     console.print(f"decode reads {_gb(decode_expert_bytes_per_token(a))} of routed experts per token")
+    if reader is None:
+        console.print(f"loader findings: not checked: no weights in {path} (sizes above are from config.json; "
+                      "whether every tensor is present with the right shape and dtype needs the safetensors "
+                      "shards and model.safetensors.index.json)")
+        return
     problems, notes = _findings(reader, a)
     for note in notes:
         console.print(f"note: {note}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,7 +106,9 @@ _shared: dict[tuple, tuple[Server, object]] = {}
 def shared_server(model_dir: Path, *extra: str) -> Server:
     key = (str(model_dir), extra)
     if key not in _shared:
-        cm = run_server(model_dir, Path(tempfile.mkdtemp(prefix="hk2-serve-")), *extra)
+        log_dir = Path(tempfile.mkdtemp(prefix="hk2-serve-"))
+        cm = run_server(model_dir, log_dir, *extra)
         _shared[key] = (cm.__enter__(), cm)
-        atexit.register(cm.__exit__, None, None, None)
+        atexit.register(shutil.rmtree, log_dir, ignore_errors=True)  # atexit runs last-in first-out:
+        atexit.register(cm.__exit__, None, None, None)  # the server stops, then its log folder goes
     return _shared[key][0]

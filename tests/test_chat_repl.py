@@ -144,12 +144,13 @@ def test_tool_calls_run_builtin_and_ask_the_user(engine):
     assert out.count("tool_calls]") == 1
 
 
-def load_tools_from(data, tmp=None):
+def load_tools_from(data):
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(data, f)
-    return load_tools(f.name)
+    with tempfile.TemporaryDirectory() as d:  # nothing left behind in the temp folder
+        path = Path(d) / "tools.json"
+        path.write_text(json.dumps(data))
+        return load_tools(path)
 
 
 def test_calculator_is_safe_and_correct():
@@ -193,6 +194,15 @@ def test_bad_input_is_one_line(tmp_path, tiny_model, monkeypatch, capsys):
     assert code == 1 and err == "error: --defer-experts 9 must be below the model's top-k (2)"
     code, err = run("--model", str(tiny_model), "--cpu-threads", "0")  # refused before loading: a usage error
     assert code == 2 and err == "error: --cpu-threads must be >= 1"
+    # Checked before the model is even looked for (a missing folder would be the other error).
+    code, err = run("--model", str(tmp_path / "nope"), "--max-context", "-5")
+    assert code == 2 and err == "error: --ctx must be at least 2 tokens"
+    code, err = run("--model", str(tmp_path / "nope"), "--device", "tpu")
+    assert code == 2 and err == "error: --device must be auto, cpu, cuda or cuda:N, got 'tpu'"
+    code, err = run("--model", str(tmp_path / "nope"), "--precision", "fp8")
+    assert code == 2 and err == "error: --precision must be one of exact, fast, got 'fp8'"
+    code, err = run("--model", str(tiny_model), "--max-context", str(10**9))  # refused by the plan, before loading
+    assert code == 1 and "exceeds the model's maximum context" in err and "\n" not in err
 
 
 def test_runtime_flags_reach_the_loaded_model(tiny_model, monkeypatch, capsys):
@@ -204,6 +214,8 @@ def test_runtime_flags_reach_the_loaded_model(tiny_model, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0
     runtime = next(line for line in out.splitlines() if line.startswith("runtime: "))  # what was loaded
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"device={device} precision=fast " in runtime  # the defaults: --device auto, --precision fast
     assert "defer=1" in runtime and "threads=1 " in runtime and "torch_threads=1" in runtime
 
 

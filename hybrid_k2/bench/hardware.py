@@ -7,12 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
 import hybrid_k2
+from hybrid_k2.version import commit as build_commit
 
 
 def _read(path: str) -> str:
@@ -74,21 +74,6 @@ def gpu(device: torch.device) -> dict | None:
     return {"name": p.name, "memory_bytes": int(p.total_memory), "count": torch.cuda.device_count()}
 
 
-def git_commit() -> tuple[str, bool | None]:
-    """(commit hash, tracked files modified?) of the checkout the package runs from, else ("unknown", None)."""
-    root = Path(hybrid_k2.__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return "unknown", None
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-    return head or "unknown", bool(dirty)
-
-
 def describe(device: torch.device) -> dict:
     physical, logical = cores()
     return {
@@ -103,7 +88,7 @@ def describe(device: torch.device) -> dict:
 
 
 def provenance() -> dict:
-    commit, dirty = git_commit()
+    commit, dirty = build_commit()
     return {
         "version": hybrid_k2.__version__,
         "commit": commit,

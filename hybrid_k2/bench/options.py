@@ -6,6 +6,7 @@ line with exit code 2 (a usage error, like a flag the parser rejects).
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,10 @@ class BenchOptions:
             (self.plot is None or str(self.plot).lower().endswith(".png"), "--plot must name a .png file"),
             (self.fill in FILLS, f"--fill must be one of {', '.join(FILLS)}"),
         ]
+        if self.plot is not None:  # before the benchmark runs, not after
+            folder = Path(self.plot).absolute().parent
+            checks.append((folder.is_dir(), f"--plot: no folder {folder}"))
+            checks.append((not folder.is_dir() or os.access(folder, os.W_OK), f"--plot: cannot write to {folder}"))
         for ok, message in checks:
             if not ok:
                 raise BenchOptionError(message)

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
+from hybrid_k2.paths import cache_dir
+
 PROBE_MB = 1024
 REPEATS = 5
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid-k2" / "bandwidth.json"
+    return cache_dir() / "bandwidth.json"
 
 
 def _kernel_probe():

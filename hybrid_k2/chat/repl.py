@@ -9,7 +9,6 @@ answer cannot send escape sequences to the terminal (display.py).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sys
 import threading
@@ -318,7 +317,9 @@ def _setup_readline():
         import readline
     except ImportError:
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid-k2"
+    from hybrid_k2.paths import cache_dir
+
+    cache = cache_dir()
     history = cache / "chat_history"
     try:
         readline.read_history_file(history)
@@ -337,7 +338,7 @@ def _setup_readline():
 
 def run_chat(model: Path | None, *, tools_file: Path | None = None, builtin_tools: bool = False,
              params: SamplingParams, system: str | None = None, show_thinking: bool = True,
-             max_context: int | None = None, device: str = "cpu", precision: str = "exact",
+             max_context: int | None = None, device: str = "cpu", precision: str = "fast",
              runtime=None) -> int:
     """The `hybrid-k2 chat` command: checks the inputs, loads the model, runs the REPL."""
     tools = load_tools(tools_file) if tools_file is not None else []

@@ -16,15 +16,18 @@ from hybrid_k2.runtime.placement import Placement
 
 PREFILL_CHUNK = 512  # prompt tokens per Session forward (the planner's default; the executor may cut finer)
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+_UNITS = {"b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def parse_bytes(text: str | int | None) -> int | None:
-    """'24GiB', '1TiB', '500MB', '1e9' or an int -> bytes."""
+    """'24GiB', '1TiB', '500MB', '1e9B' or an int (bytes) -> bytes. A text needs its unit: a bare '24'
+    could mean bytes or GiB, so it is refused rather than read as 24 bytes."""
     if text is None or isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if m and not m.group(2):
+        raise HybridK2Error(f"size {text!r} needs a unit: {m.group(1)}GiB (2^30 bytes) or {m.group(1)}GB (10^9 bytes)?")
     if not m or m.group(2).lower() not in _UNITS:
         raise HybridK2Error(f"cannot read {text!r} as a size (examples: 24GiB, 1TiB, 512MB)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

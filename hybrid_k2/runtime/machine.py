@@ -97,3 +97,22 @@ def available_gpu_memory(device) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(torch.device(device))
     return free
+
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str, *, gpu_wanted: bool = False) -> str:
+    """POLICY: the device a command runs its GPU-side modules on. "auto" is cuda when torch sees a GPU
+    (or when the caller plans for one: `plan --gpu-mem`), else cpu. Other names are checked here, before
+    any work, so `--device tpu` fails in one line instead of deep in torch."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if gpu_wanted or torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        from hybrid_k2.errors import HybridK2Error
+
+        raise HybridK2Error(f"--device must be {DEVICES}, got {name!r}")
+    return name

@@ -68,12 +68,23 @@ def print_plan(plan: Plan, *, output: str = "table", model: Path | None = None) 
             t.add_row(name, where, gb(n), note)
     console.print(t)
     if plan.device == "cuda":
-        console.print(f"GPU total {gb(plan.gpu_total)} of {gb(plan.gpu_mem)}: headroom {gb(plan.gpu_headroom)}")
-    console.print(f"host RAM total {gb(plan.ram_total)} of {gb(plan.ram)}: headroom {gb(plan.ram_headroom)}")
+        console.print(_total("GPU", plan.gpu_total, plan.gpu_mem, plan.gpu_headroom, "--gpu-mem"))
+    console.print(_total("host RAM", plan.ram_total, plan.ram, plan.ram_headroom, "--ram"))
+    budgets = [flag for flag, n in (("--gpu-mem", plan.gpu_mem if plan.device == "cuda" else 0), ("--ram", plan.ram))
+               if n is None]
+    if budgets:  # an unbounded budget fits anything: say so instead of a bare "fits"
+        console.print(f"[yellow]not checked:[/yellow] no {' or '.join(budgets)} given, so nothing bounds "
+                      f"{'these totals' if len(budgets) > 1 else 'that total'}")
     console.print(f"largest context that fits: {plan.max_context:,} tokens")
     for p in plan.problems:
         console.print(f"[red]does not fit:[/red] {p}")
     for p in plan.proposals:
         console.print(f"[yellow]proposal:[/yellow] {p}")
-    if plan.fits:
-        console.print("[green]fits[/green]")
+    if plan.fits and len(budgets) < (2 if plan.device == "cuda" else 1):
+        console.print("[green]fits[/green]" + (" the budget given" if budgets else ""))
+
+
+def _total(what: str, total: int, budget: int | None, headroom: int | None, flag: str) -> str:
+    if budget is None:
+        return f"{what} total {gb(total)} (no {flag} budget given)"
+    return f"{what} total {gb(total)} of {gb(budget)}: headroom {gb(headroom)}"

@@ -165,7 +165,7 @@ class Runtime:
 
     def describe(self) -> str:
         p = self.prepared
-        return (f"executor={self.config.executor} experts={self.backend} threads={self.threads} "
+        return (f"device={self.net.device} precision={p.precision} executor={self.config.executor} experts={self.backend} threads={self.threads} "
                 f"(of {self.machine.physical_cores} physical cores, {len(self.machine.numa_nodes)} NUMA nodes) "
                 f"torch_threads={torch.get_num_threads()} "
                 f"overlap={self.config.overlap} defer={self.config.defer_experts} "

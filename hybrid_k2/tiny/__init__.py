@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -262,27 +260,5 @@ def make_tiny(out_dir: str | Path, spec: TinySpec = TinySpec(), *, force: bool =
     return out
 
 
-DEMO_SPEC = TinySpec(seed=0, layers=3, experts=16, top_k=4, hidden=128, moe_intermediate=64)
-
-
-def demo_model_path(*, quiet: bool = False) -> Path:
-    """The embedded random-weight demo model, created once in the user's cache dir."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybrid-k2"
-    path = cache / "demo-v1"
-    if not quiet:
-        print("note: no --model given; using the built-in random-weight demo model (its answers are noise)",
-              file=sys.stderr)
-    if (path / "model.safetensors.index.json").exists():
-        return path
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="demo-", dir=cache))
-    try:
-        make_tiny(tmp, DEMO_SPEC, force=True)
-        try:
-            os.rename(tmp, path)  # atomic: a concurrent creator either wins or finds it done
-        except OSError:
-            if not (path / "model.safetensors.index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+# The random-weight demo model every command falls back to without --model (tiny/demo.py).
+from hybrid_k2.tiny.demo import DEMO_SPEC, demo_model_path  # noqa: E402
