@@ -1,5 +1,6 @@
-"""MLA attention of one layer at the real K2 shape over a latent cache at depth: the reference (whole cache
-expanded, [T, H, S] scores) against the blockwise forms (hybrid_k2/model/attention.py).
+"""MLA attention of one layer at the real K2 shape over a latent cache at depth: the reference (the
+whole-cache attention MLA ran before the blocks: absorbed decode, naive prefill expanding every cached
+position with [T, H, S] scores, in the compute dtype) against the blockwise forms (model/attention.py).
 
     python bench/bench_attention.py                      # T in 1,64,512, depths 0..32768, bf16, 1 thread
     python bench/bench_attention.py -T 1,128,256 -d 8192 --dtype fp32 --threads 2 --kv-cache-dtype fp8
@@ -49,9 +50,15 @@ def cell(T: int, depth: int, form: str, dtype: str, kv_dtype: str, block: int, r
     w = kv_b.weight.view(H, N + V, R)
     scale = (N + P) ** -0.5
 
-    def reference():
+    def reference():  # what MLA(impl="reference") runs, the whole-cache attention of before the blocks
         latent = cache.read(0, S, dt)
         c_all, pe_all = latent[:, :R], latent[:, R:]
+        if T == 1:  # absorbed decode in the compute dtype
+            q_lat = torch.einsum("thn,hnr->thr", q_nope, w[:, :N])
+            scores = torch.einsum("thr,sr->ths", q_lat.float(), c_all.float())
+            scores = scores + torch.einsum("thp,sp->ths", q_pe.float(), pe_all.float())
+            p = torch.softmax(scores * scale, dim=-1)
+            return torch.einsum("thr,hvr->thv", torch.einsum("ths,sr->thr", p.to(dt), c_all), w[:, N:])
         kvb = kv_b(c_all).view(S, H, N + V)
         scores = torch.einsum("thn,shn->ths", q_nope.float(), kvb[..., :N].float())
         scores = scores + torch.einsum("thp,sp->ths", q_pe.float(), pe_all.float())

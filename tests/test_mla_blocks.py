@@ -83,9 +83,11 @@ def test_model_logits_with_small_blocks(exact, make_model):
 
 def test_choose_form_crossover():
     k2 = dict(rank=512, nope=128, rope=64, v_dim=128)
-    assert attention.choose_form(1, **k2) == "absorbed"
-    assert attention.choose_form(170, **k2) == "absorbed"
-    assert attention.choose_form(171, **k2) == "expanded"
+    assert attention.choose_form(1, 1, **k2) == "expanded"  # one row: expanding it costs less than the two folds
+    assert attention.choose_form(1, 32768, **k2) == "absorbed"
+    assert attention.choose_form(64, 64, **k2) == "expanded"  # a short first prompt: few rows to expand
+    assert attention.choose_form(169, 32768, **k2) == "absorbed"  # at depth: ~170 tokens, R (N + V) / 768
+    assert attention.choose_form(171, 32768, **k2) == "expanded"
 
 
 def test_online_softmax_matches_softmax():

@@ -9,12 +9,13 @@ so a chunk's transient memory is bounded by T x H x block, whatever the depth.
 Two exact-algebra forms (docs/kimi-k2-format.md 3.3, 3.4), multiply-adds per chunk of T queries over S
 positions:
   absorbed  queries folded into the latent space, q_lat = q_nope W_UK [T, H, R]; one shared key row
-            [c_kv, k_pe] (R + P) and value row c_kv (R) per position (MQA):   T H S (2R + P)
+            [c_kv, k_pe] (R + P) and value row c_kv (R) per position (MQA), output through W_UV:
+            T H S (2R + P) + T H R (N + V)
   expanded  each block of c_kv expanded through kv_b_proj into per-head k_nope [B, H, N], v [B, H, V]:
             S R H (N + V) + T H S (N + P + V)
-The expansion costs the same for 1 query as for 512, so decode and short chunks absorb and long chunks
-expand (`choose_form`; crossover T = R (N + V) / (2R + P - N - P - V), 171 tokens for K2, near what
-bench/bench_attention.py measures on this CPU).
+The expansion costs the same for 1 query as for 512, so decode and short chunks over a deep cache absorb
+and long chunks expand (`choose_form`; at depth the crossover is T = R (N + V) / (2R + P - N - P - V), 171
+tokens for K2, near what bench/bench_attention.py measures on this CPU).
 Causal masking only touches blocks that reach past the chunk's first position.
 """
 from __future__ import annotations
@@ -49,10 +50,13 @@ class _Scratch(threading.local):
 SCRATCH = _Scratch()
 
 
-def choose_form(T: int, *, rank: int, nope: int, rope: int, v_dim: int) -> str:
-    """'absorbed' or 'expanded' for a chunk of T queries: whichever does fewer multiply-adds."""
-    absorbed = T * (2 * rank + rope)
-    expanded = rank * (nope + v_dim) + T * (nope + rope + v_dim)
+def choose_form(T: int, S: int, *, rank: int, nope: int, rope: int, v_dim: int) -> str:
+    """'absorbed' or 'expanded' for T queries over S positions: whichever does fewer multiply-adds (per head).
+
+    absorbed also folds W_UK into the queries and W_UV into the output (T R (N + V)), which only matters
+    when S is short: a short first prompt expands its few rows instead."""
+    absorbed = T * S * (2 * rank + rope) + T * rank * (nope + v_dim)
+    expanded = S * rank * (nope + v_dim) + T * S * (nope + rope + v_dim)
     return "absorbed" if absorbed <= expanded else "expanded"
 
 

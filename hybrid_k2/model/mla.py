@@ -76,7 +76,7 @@ class MLA(nn.Module):
             cache.write(start, rows)  # positions start..start+T-1
             form = self.impl
         if form == "auto":
-            form = attention.choose_form(T, rank=R, nope=self.nope, rope=self.rope, v_dim=self.v_dim)
+            form = attention.choose_form(T, start + T, rank=R, nope=self.nope, rope=self.rope, v_dim=self.v_dim)
         if form == "reference":
             latent = cache.read(0, start + T, x.dtype)  # [S, R + P]
             c_all, pe_all = latent[:, :R], latent[:, R:]  # [S, R], [S, P]

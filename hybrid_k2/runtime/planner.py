@@ -130,7 +130,7 @@ def attention_bytes(a: ModelArgs, *, tokens: int, context: int, dtype_bytes: int
     B = min(block_for(device, T), max(context, tokens))
     N, V, R, P = a.qk_nope_head_dim, a.v_head_dim, a.kv_lora_rank, a.qk_rope_head_dim
     rows = 2 * B * (R + P) * 4  # one block of cache rows read as fp32 (and its dequantisation)
-    if choose_form(T, rank=R, nope=N, rope=P, v_dim=V) == "absorbed":
+    if choose_form(T, max(context, tokens), rank=R, nope=N, rope=P, v_dim=V) == "absorbed":
         # fp32 queries [T H, R + P], q_lat and o_lat in the compute dtype, acc + its update + p @ v [T H, R],
         # scores and probabilities [T H, B]
         return rows + T * H * ((R + P) * 4 + 2 * R * dtype_bytes + 3 * R * 4 + 2 * B * 4)
