@@ -53,8 +53,9 @@ def test_malformed_json(server):
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
     ([1, 2, 3], None),
 ])
-def test_wrong_types_are_422(server, body, param):
-    err = check_error(server.http().post("/v1/chat/completions", json=body), 422)
+def test_wrong_types_are_400(server, body, param):
+    err = check_error(server.http().post("/v1/chat/completions", json=body), 400)
+    assert err["type"] == "invalid_request_error"
     if param is not None:
         assert err["param"] == param
 

@@ -38,12 +38,14 @@ State = Literal["reasoning", "content", "section", "call_id", "call_args", "afte
 @dataclass(frozen=True)
 class Delta:
     """One streaming event. kind: "reasoning" | "content" (text), "tool_call" (a call starts: index,
-    id, name), "tool_args" (a fragment of the call's JSON arguments: index, text)."""
+    id, name), "tool_args" (a fragment of the call's JSON arguments: index, text). `raw` marks content
+    that is the text of an abandoned tool section, markers included (the server does not show it)."""
     kind: str
     text: str = ""
     index: int = -1
     id: str = ""
     name: str = ""
+    raw: bool = False
 
 
 @dataclass
@@ -62,6 +64,7 @@ class ParsedOutput:
     content: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     malformed: str | None = None  # why a tool section was turned back into content
+    stop_sequence: str | None = None  # the stop string that ended the answer, if one did
 
     def to_message(self) -> dict:
         """The assistant message to append to the conversation (OpenAI shape + reasoning_content)."""
@@ -82,6 +85,7 @@ class OutputParser:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
         self.stopped = False  # a stop string matched: the answer is over
+        self.stop_hit: str | None = None  # which one
         self._held = ""  # content that may be the start of a stop string
         self.state: State = "reasoning" if thinking else "content"
         self._decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
@@ -234,28 +238,29 @@ class OutputParser:
         if not content or (content.isspace() and self._calls):
             content = None
         return ParsedOutput(reasoning=reasoning, content=content, tool_calls=list(self._calls),
-                            malformed=self._malformed)
+                            malformed=self._malformed, stop_sequence=self.stop_hit)
 
     @property
     def in_reasoning(self) -> bool:
         return self.state == "reasoning"
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _emit(self, kind: str, text: str) -> list[Delta]:
+    def _emit(self, kind: str, text: str, *, raw: bool = False) -> list[Delta]:
         if kind == "content" and self.stop:
             text = self._check_stop(text)
             if not text:
                 return []
         (self._reasoning if kind == "reasoning" else self._content).append(text)
-        return [Delta(kind, text=text)]
+        return [Delta(kind, text=text, raw=raw)]
 
     def _check_stop(self, text: str) -> str:
         """Returns the content that is safe to emit; holds back a possible stop-string start."""
         buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self.stop) if i >= 0]
+        hits = [(i, s) for s, i in ((s, buf.find(s)) for s in self.stop) if i >= 0]
         if hits:
+            at, self.stop_hit = min(hits)
             self._held, self.stopped, self.state = "", True, "done"
-            return buf[:min(hits)]
+            return buf[:at]
         keep = max((n for s in self.stop for n in range(min(len(s) - 1, len(buf)), 0, -1)
                     if s.startswith(buf[len(buf) - n:])), default=0)
         self._held = buf[len(buf) - keep:] if keep else ""
@@ -286,7 +291,7 @@ class OutputParser:
         raw = "".join(self._section_raw)
         self._section_raw = []
         self.state = "content"
-        return self._emit("content", raw) if raw else []
+        return self._emit("content", raw, raw=True) if raw else []
 
 
 def parse_output(output: str | Iterable[int], tokenizer: Tokenizer | None = None, *,
