@@ -8,7 +8,7 @@ import httpx
 import jsonschema
 import pytest
 
-from serve_helpers import API_KEY, MODEL, STRICT, render_prompt_ids, shared_server
+from serve_helpers import API_KEY, MODEL, STRICT, close_streams, render_prompt_ids, shared_server
 
 READ = {"type": "object", "additionalProperties": False, "required": ["path"],
         "properties": {"path": {"enum": ["main.py", "README.md"]}}}
@@ -208,9 +208,11 @@ def test_auth(server):
     ({"model": MODEL, "max_tokens": 5, "messages": USER, "tools": TOOLS * 2}, 400, "invalid_request_error", "unique"),
     ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]},
      400, "invalid_request_error", "tool_use_id"),
-    ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "assistant", "content": [
-        {"type": "tool_use", "id": "t1", "name": "read_file", "input": [1]}]}]}, 400, "invalid_request_error", "input"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [*USER, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t1", "name": "read_file", "input": [1]}]}, *USER]}, 400, "invalid_request_error", "input"),
     ({"model": MODEL, "max_tokens": 10**7, "messages": USER}, 400, "invalid_request_error", "context length"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [*USER, {"role": "assistant", "content": "Sure"}]},
+     400, "invalid_request_error", "prefilling"),
 ])
 def test_errors_have_anthropic_shape(server, body, status, kind, needle):
     message = _check(server.http().post("/v1/messages", json=body), status, kind)
@@ -231,3 +233,24 @@ def test_invalid_json_and_body_limit(tiny_model):
     big = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "x" * 70000}]}
     _check(strict.http().post("/v1/messages", json=big), 413, "request_too_large")
     _check(strict.http().post("/v1/messages/count_tokens", json={"model": MODEL}), 400, "invalid_request_error")
+
+
+def test_queue_full_is_529_and_hanging_up_frees_the_model(tiny_model):
+    strict = shared_server(tiny_model, *STRICT)  # admits 1 running + 1 waiting request
+    body = {"model": MODEL, "stream": True, "max_tokens": 300, "messages": [{"role": "user", "content": "long"}]}
+    http = [strict.http() for _ in range(2)]
+    streams = [h.stream("POST", "/v1/messages", json=body) for h in http]
+    try:
+        first = streams[0].__enter__()   # running
+        lines = first.iter_lines()       # keep the iterator: dropping it closes the response
+        assert next(lines) == "event: message_start"
+        assert streams[1].__enter__().status_code == 200  # waiting
+        client = anthropic.Anthropic(base_url=strict.base, api_key=API_KEY, max_retries=0, timeout=60)
+        with pytest.raises(anthropic.OverloadedError) as e:
+            client.messages.create(model=MODEL, max_tokens=1, messages=USER)
+        assert e.value.body["error"]["type"] == "overloaded_error"
+    finally:
+        close_streams(streams)
+    # Both hung up: the generations are cancelled and the server takes work again.
+    client = anthropic.Anthropic(base_url=strict.base, api_key=API_KEY, max_retries=5, timeout=60)
+    assert client.messages.create(model=MODEL, max_tokens=1, messages=USER).usage.output_tokens == 1

@@ -116,6 +116,15 @@ def test_abandoned_tool_section_never_shows_markers(tiny_model, text):
     assert [c.text for c in answer.calls] in ([], ['{"a":'])
 
 
+def test_stray_control_tokens_are_not_shown(tiny_model):
+    from hybrid_k2.chat.tokenizer import Tokenizer
+
+    text = "r<|reserved_token_600|>s</think>Hi <|tool_call_end|>there<|im_end|>"
+    answer, _, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model))
+    assert (parsed.reasoning, parsed.content) == ("r<|reserved_token_600|>s", "Hi <|tool_call_end|>there")  # REPL
+    assert (answer.reasoning, answer.content) == ("rs", "Hi there")                                      # server
+
+
 def test_usage_shape():
     u = usage(Outcome("stop", prompt_tokens=10, cached_tokens=4, completion_tokens=3, reasoning_tokens=2))
     assert u == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,

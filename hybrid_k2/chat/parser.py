@@ -38,8 +38,9 @@ State = Literal["reasoning", "content", "section", "call_id", "call_args", "afte
 @dataclass(frozen=True)
 class Delta:
     """One streaming event. kind: "reasoning" | "content" (text), "tool_call" (a call starts: index,
-    id, name), "tool_args" (a fragment of the call's JSON arguments: index, text). `raw` marks content
-    that is the text of an abandoned tool section, markers included (the server does not show it)."""
+    id, name), "tool_args" (a fragment of the call's JSON arguments: index, text). `raw` marks text that
+    is K2 control tokens rather than words: a stray marker, or the text of an abandoned tool section
+    (markers included). The REPL shows it; the server does not (as vLLM skips special tokens)."""
     kind: str
     text: str = ""
     index: int = -1
@@ -136,7 +137,7 @@ class OutputParser:
         s = self.state
         if s == "done":
             return []
-        pre = self._release_held() if s == "content" and name in (IM_END, EOS, TOOL_CALLS_SECTION_BEGIN) else []
+        pre = self._release_held() if s == "content" else []
         return pre + self._marker(name)
 
     def _marker(self, name: str) -> list[Delta]:
@@ -156,11 +157,11 @@ class OutputParser:
                 return []
             if name == TOOL_CALLS_SECTION_BEGIN:
                 return self._open_section(name)
-            return self._emit("reasoning", name)
+            return self._emit("reasoning", name, raw=True)
         if s == "content":
             if name == TOOL_CALLS_SECTION_BEGIN:
                 return self._open_section(name)
-            return self._emit("content", name)
+            return self._emit("content", name, raw=True)
         if s == "after":
             return []
         self._section_raw.append(name)

@@ -12,9 +12,10 @@ Policy:
   wrote no arguments gets "{}" when it ends.
 - Content that is only whitespace is held back until real text follows; it is dropped when the answer
   makes tool calls (the parser's rule: content is None then).
-- The text of a tool section the parser abandons (malformed, or cut by max_tokens) is never shown:
-  K2's control markers (`<|tool_calls_section_begin|>` ...) never reach a client's content. Calls
-  already streamed stay as streamed; cut by max_tokens, the answer ends with finish "length".
+- Control tokens are never shown (Delta.raw): neither stray ones in reasoning or content (as vLLM
+  skips special tokens) nor the text of a tool section the parser abandons (malformed, or cut by
+  max_tokens): K2's markers (`<|tool_calls_section_begin|>` ...) never reach a client. Calls already
+  streamed stay as streamed; cut by max_tokens, the answer ends with finish "length".
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Answer:
     def push(self, deltas: list[Delta]) -> list[Piece]:
         out: list[Piece] = []
         for d in deltas:
-            if d.kind == "reasoning" and d.text:
+            if d.kind == "reasoning" and d.text and not d.raw:
                 out += self._close_call() + self._append("reasoning", d.text)
             elif d.kind == "content" and d.text and not d.raw:
                 out += self._content(d.text)

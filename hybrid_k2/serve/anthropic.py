@@ -138,6 +138,10 @@ def _tool_choice(req: CountTokensRequest) -> dict[str, Any]:
 
 def to_chat_request(req: CountTokensRequest) -> ChatCompletionRequest:
     """The OpenAI request that means the same as this Messages (or count_tokens) request."""
+    if req.messages[-1].role == "assistant":
+        # Anthropic continues a trailing assistant turn; K2's template would close it and start a new one.
+        raise bad_request("a last message from the assistant (prefilling the answer) is not supported: "
+                          "end with a user message", param="messages")
     messages: list[dict[str, Any]] = []
     system = _texts(req.system, "system")
     if system:
