@@ -123,6 +123,9 @@ def test_stray_control_tokens_are_not_shown(tiny_model):
     answer, _, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model))
     assert (parsed.reasoning, parsed.content) == ("r<|reserved_token_600|>s", "Hi <|tool_call_end|>there")  # REPL
     assert (answer.reasoning, answer.content) == ("rs", "Hi there")                                      # server
+    # A stop string is matched on the words shown, across a hidden control token.
+    answer, _, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model), stop=[" th"])
+    assert answer.content == "Hi" and parsed.stop_sequence == " th"
 
 
 def test_usage_shape():

@@ -15,6 +15,8 @@ object, or output cut by max_tokens turn the whole tool section back into conten
 Text after `<|tool_calls_section_end|>` is dropped (as vLLM does).
 Stop strings (SamplingParams.stop) are matched on the content only: content that could be the start
 of a stop string is held back until it is decided, and a match ends the answer before the string.
+Raw text (stray control tokens, an abandoned tool section; Delta.raw) is not matched and does not
+interrupt a match: the server does not show it, and stops apply to the words a client sees.
 """
 from __future__ import annotations
 
@@ -137,7 +139,7 @@ class OutputParser:
         s = self.state
         if s == "done":
             return []
-        pre = self._release_held() if s == "content" else []
+        pre = self._release_held() if s == "content" and name in (IM_END, EOS, TOOL_CALLS_SECTION_BEGIN) else []
         return pre + self._marker(name)
 
     def _marker(self, name: str) -> list[Delta]:
@@ -247,7 +249,7 @@ class OutputParser:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _emit(self, kind: str, text: str, *, raw: bool = False) -> list[Delta]:
-        if kind == "content" and self.stop:
+        if kind == "content" and self.stop and not raw:  # stops match the words a client sees
             text = self._check_stop(text)
             if not text:
                 return []
