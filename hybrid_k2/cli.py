@@ -199,7 +199,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HYBRID_K2_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+                                          help="Require the key ('Authorization: Bearer KEY' or 'x-api-key: KEY') on every route but / and /health."),
     served_model_name: str = typer.Option("kimi-k2-thinking", "--served-model-name", help="Model id clients send."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests waiting behind the running one before 429."),
     max_body_bytes: int = typer.Option(32 * 2**20, "--max-body-bytes", help="Largest request body (413 above)."),
@@ -213,10 +213,10 @@ def serve_cmd(
     device: str = DEVICE,
     precision: str = PRECISION,
     threads: Optional[int] = typer.Option(None, help="Same as --torch-threads (kept for old scripts)."),
-    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+    log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug | trace."),
     runtime=None,
 ) -> None:
-    """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+    """OpenAI- and Anthropic-compatible HTTP server with a web chat at / (docs/serve.md)."""
     from hybrid_k2.serve.engine import ServeConfig
     from hybrid_k2.serve.server import run_server
 

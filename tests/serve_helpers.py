@@ -87,6 +87,15 @@ def run_server(model_dir: Path, tmp_dir: Path, *extra: str, api_key: str | None 
             proc.wait()
 
 
+def close_streams(streams) -> None:
+    """Leaves httpx stream contexts (hanging up), ignoring errors of connections already closed."""
+    for s in streams:
+        try:
+            s.__exit__(None, None, None)
+        except httpx.HTTPError:
+            pass
+
+
 def render_prompt_ids(model_dir: Path, messages, tools=None) -> list[int]:
     """The prompt the server must build, computed independently with the chat package."""
     from hybrid_k2.chat.template import ChatTemplate

@@ -262,7 +262,8 @@ def sorted_reference_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Ten
 
 
 @pytest.mark.parametrize("kw", [{}, {"temperature": 0.6}, {"top_k": 7}, {"top_p": 0.8}, {"top_p": 0.999},
-                                {"min_p": 0.1}, {"top_k": 50, "top_p": 0.9, "min_p": 0.02}])
+                                {"min_p": 0.1}, {"top_k": 50, "top_p": 0.9, "min_p": 0.02},
+                                {"top_p": 5e-324}])  # below fp32: only the first token stays
 def test_filtered_probs_match_the_sorted_reference(kw):
     logits = torch.randn(3000, generator=torch.Generator().manual_seed(1)) * 2  # [V], no ties
     p = SamplingParams(**kw)

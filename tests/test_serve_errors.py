@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import API_KEY, MODEL, STRICT, shared_server
+from serve_helpers import API_KEY, MODEL, STRICT, close_streams, shared_server
 
 CTX = int(STRICT[STRICT.index("--max-model-len") + 1])  # small: a too-long prompt is cheap to build
 
@@ -53,8 +53,9 @@ def test_malformed_json(server):
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
     ([1, 2, 3], None),
 ])
-def test_wrong_types_are_422(server, body, param):
-    err = check_error(server.http().post("/v1/chat/completions", json=body), 422)
+def test_wrong_types_are_400(server, body, param):
+    err = check_error(server.http().post("/v1/chat/completions", json=body), 400)
+    assert err["type"] == "invalid_request_error"
     if param is not None:
         assert err["param"] == param
 
@@ -151,11 +152,7 @@ def test_queue_full_is_429(server):
         assert e.value.body["code"] == "queue_full"
         assert server.metrics()["hybrid_k2_requests_rejected_total"] == rejected + 1
     finally:
-        for s in streams:
-            try:
-                s.__exit__(None, None, None)
-            except httpx.HTTPError:
-                pass
+        close_streams(streams)
     # Both hung up: the queue drains and the server takes work again.
     deadline = time.monotonic() + 20
     while True:

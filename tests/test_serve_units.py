@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from hybrid_k2.chat.parser import Delta, ParsedOutput, ToolCall
+from hybrid_k2.chat.parser import Delta, OutputParser, ParsedOutput, ToolCall
+from hybrid_k2.serve.answer import Answer
 from hybrid_k2.serve.conversation import build_conversation
 from hybrid_k2.serve.errors import APIError
 from hybrid_k2.serve.metrics import Metrics
@@ -58,17 +59,73 @@ def test_tools_are_declared_without_nulls_and_names_are_unique():
 
 def test_chat_assembler_fields_and_finish():
     asm = ChatAssembler(reasoning_field="both")
-    assert asm.push([Delta("reasoning", "think"), Delta("content", "hi"), Delta("tool_call", index=0, id="x", name="f"),
-                     Delta("tool_args", "{}", index=0)]) == [{"reasoning_content": "think", "reasoning": "think"},
-                                                             {"content": "hi"}]
-    out = ParsedOutput(reasoning="think", content="hi", tool_calls=[ToolCall("functions.f:0", "f", "{}")])
-    calls, message, finish = asm.finish(Outcome("stop", 5, 0, 7, reasoning_tokens=3, output=out))
-    assert finish == "tool_calls"
-    assert calls == [{"tool_calls": [{"index": 0, "id": "functions.f:0", "type": "function",
-                                      "function": {"name": "f", "arguments": "{}"}}]}]
+    assert asm.push([Delta("reasoning", "think"), Delta("content", "hi"), Delta("tool_call", index=0, id="functions.f:0",
+                                                                              name="f"),
+                     Delta("tool_args", ' {"a"', index=0), Delta("tool_args", ": 1} ", index=0)]) == [
+        {"reasoning_content": "think", "reasoning": "think"}, {"content": "hi"},
+        {"tool_calls": [{"index": 0, "id": "functions.f:0", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}]
+    out = ParsedOutput(reasoning="think", content="hi", tool_calls=[ToolCall("functions.f:0", "f", '{"a": 1}')])
+    last, message, finish = asm.finish(Outcome("tool_calls", 5, 0, 7, reasoning_tokens=3, output=out))
+    assert finish == "tool_calls" and last == []
+    assert message["tool_calls"] == [c.to_openai() for c in out.tool_calls]
     assert message["reasoning"] == message["reasoning_content"] == "think"
     _, message, finish = ChatAssembler().finish(Outcome("length", 5, 0, 7, output=ParsedOutput(content="x")))
     assert finish == "length" and "reasoning" not in message and message["reasoning_content"] is None
+
+
+def _answer_of(ids_text: str, tok, **kw):
+    """Feeds K2 output text (markers by name) through the real parser into an Answer."""
+    parser = OutputParser(tok, **kw)
+    answer = Answer()
+    pieces = answer.push(parser.feed_ids(tok.encode(ids_text, allow_special=True)))
+    deltas, parsed = parser.finish()
+    return answer, pieces + answer.push(deltas) + answer.finish(), parsed
+
+
+@pytest.mark.parametrize("text", [
+    "plan</think>  \n<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|> "
+    '{"a": [1, 2]}  <|tool_call_end|><|tool_call_begin|>functions.g:1<|tool_call_argument_begin|><|tool_call_end|>'
+    "<|tool_calls_section_end|><|im_end|>",
+    "r</think>Hello <b>world</b><|im_end|>",
+    "r</think>\n\n<|im_end|>",
+])
+def test_answer_matches_the_parser_on_complete_output(tiny_model, text):
+    from hybrid_k2.chat.tokenizer import Tokenizer
+
+    answer, pieces, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model))
+    assert answer.reasoning == parsed.reasoning and answer.content == parsed.content
+    assert [(c.id, c.name, c.text) for c in answer.calls] == [(c.id, c.name, c.arguments) for c in parsed.tool_calls]
+    for i, part in enumerate(answer.parts):  # the pieces add up to the parts, each opened once
+        assert "".join(p.text for p in pieces if p.part == i) == part.text
+        assert [p.opens for p in pieces if p.part == i][0] and sum(p.opens for p in pieces if p.part == i) == 1
+
+
+@pytest.mark.parametrize("text", [
+    "r</think>Hi <|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{\"a\": ",
+    "r</think>Hi <|tool_calls_section_begin|><|tool_call_begin|>functions.f",
+    "r</think>Hi <|tool_calls_section_begin|>oops<|im_end|>",
+])
+def test_abandoned_tool_section_never_shows_markers(tiny_model, text):
+    from hybrid_k2.chat.tokenizer import Tokenizer
+
+    answer, pieces, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model))
+    assert parsed.malformed and "<|" in parsed.content      # the parser gives the raw text back...
+    assert "<|" not in (answer.content or "") and answer.content.startswith("Hi")  # ...the server does not show it
+    assert [c.text for c in answer.calls] in ([], ['{"a":'])
+
+
+def test_stray_control_tokens_are_not_shown(tiny_model):
+    from hybrid_k2.chat.tokenizer import Tokenizer
+
+    text = "r<|reserved_token_600|>s</think>Hi <|tool_call_end|>there<|im_end|>"
+    answer, _, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model))
+    assert (parsed.reasoning, parsed.content) == ("r<|reserved_token_600|>s", "Hi <|tool_call_end|>there")  # REPL
+    assert (answer.reasoning, answer.content) == ("rs", "Hi there")                                      # server
+    # A stop string is matched on the words shown, across a hidden control token.
+    answer, _, parsed = _answer_of(text, Tokenizer.from_dir(tiny_model), stop=[" th"])
+    assert answer.content == "Hi" and parsed.stop_sequence == " th"
 
 
 def test_usage_shape():

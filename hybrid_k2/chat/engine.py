@@ -62,6 +62,11 @@ class ChatEngine:
 def generation_config_eos(model_dir: str | Path, vocab_size: int) -> frozenset[int]:
     """eos_token_id(s) from generation_config.json, if the file is there and sane."""
     config = read_json(Path(model_dir) / "generation_config.json", "generation config", missing_ok=True)
+    return eos_ids(config, vocab_size)
+
+
+def eos_ids(config, vocab_size: int) -> frozenset[int]:
+    """eos_token_id(s) of a parsed generation_config.json (an int or a list), the sane ones."""
     eos = config.get("eos_token_id") if isinstance(config, dict) else None
     ids = eos if isinstance(eos, list) else [eos]
     return frozenset(i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size)

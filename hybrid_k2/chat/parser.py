@@ -15,6 +15,8 @@ object, or output cut by max_tokens turn the whole tool section back into conten
 Text after `<|tool_calls_section_end|>` is dropped (as vLLM does).
 Stop strings (SamplingParams.stop) are matched on the content only: content that could be the start
 of a stop string is held back until it is decided, and a match ends the answer before the string.
+Raw text (stray control tokens, an abandoned tool section; Delta.raw) is not matched and does not
+interrupt a match: the server does not show it, and stops apply to the words a client sees.
 """
 from __future__ import annotations
 
@@ -38,12 +40,15 @@ State = Literal["reasoning", "content", "section", "call_id", "call_args", "afte
 @dataclass(frozen=True)
 class Delta:
     """One streaming event. kind: "reasoning" | "content" (text), "tool_call" (a call starts: index,
-    id, name), "tool_args" (a fragment of the call's JSON arguments: index, text)."""
+    id, name), "tool_args" (a fragment of the call's JSON arguments: index, text). `raw` marks text that
+    is K2 control tokens rather than words: a stray marker, or the text of an abandoned tool section
+    (markers included). The REPL shows it; the server does not (as vLLM skips special tokens)."""
     kind: str
     text: str = ""
     index: int = -1
     id: str = ""
     name: str = ""
+    raw: bool = False
 
 
 @dataclass
@@ -62,6 +67,7 @@ class ParsedOutput:
     content: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     malformed: str | None = None  # why a tool section was turned back into content
+    stop_sequence: str | None = None  # the stop string that ended the answer, if one did
 
     def to_message(self) -> dict:
         """The assistant message to append to the conversation (OpenAI shape + reasoning_content)."""
@@ -82,6 +88,7 @@ class OutputParser:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
         self.stopped = False  # a stop string matched: the answer is over
+        self.stop_hit: str | None = None  # which one
         self._held = ""  # content that may be the start of a stop string
         self.state: State = "reasoning" if thinking else "content"
         self._decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
@@ -152,11 +159,11 @@ class OutputParser:
                 return []
             if name == TOOL_CALLS_SECTION_BEGIN:
                 return self._open_section(name)
-            return self._emit("reasoning", name)
+            return self._emit("reasoning", name, raw=True)
         if s == "content":
             if name == TOOL_CALLS_SECTION_BEGIN:
                 return self._open_section(name)
-            return self._emit("content", name)
+            return self._emit("content", name, raw=True)
         if s == "after":
             return []
         self._section_raw.append(name)
@@ -234,28 +241,29 @@ class OutputParser:
         if not content or (content.isspace() and self._calls):
             content = None
         return ParsedOutput(reasoning=reasoning, content=content, tool_calls=list(self._calls),
-                            malformed=self._malformed)
+                            malformed=self._malformed, stop_sequence=self.stop_hit)
 
     @property
     def in_reasoning(self) -> bool:
         return self.state == "reasoning"
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _emit(self, kind: str, text: str) -> list[Delta]:
-        if kind == "content" and self.stop:
+    def _emit(self, kind: str, text: str, *, raw: bool = False) -> list[Delta]:
+        if kind == "content" and self.stop and not raw:  # stops match the words a client sees
             text = self._check_stop(text)
             if not text:
                 return []
         (self._reasoning if kind == "reasoning" else self._content).append(text)
-        return [Delta(kind, text=text)]
+        return [Delta(kind, text=text, raw=raw)]
 
     def _check_stop(self, text: str) -> str:
         """Returns the content that is safe to emit; holds back a possible stop-string start."""
         buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self.stop) if i >= 0]
+        hits = [(i, s) for s, i in ((s, buf.find(s)) for s in self.stop) if i >= 0]
         if hits:
+            at, self.stop_hit = min(hits)
             self._held, self.stopped, self.state = "", True, "done"
-            return buf[:min(hits)]
+            return buf[:at]
         keep = max((n for s in self.stop for n in range(min(len(s) - 1, len(buf)), 0, -1)
                     if s.startswith(buf[len(buf) - n:])), default=0)
         self._held = buf[len(buf) - keep:] if keep else ""
@@ -286,7 +294,7 @@ class OutputParser:
         raw = "".join(self._section_raw)
         self._section_raw = []
         self.state = "content"
-        return self._emit("content", raw) if raw else []
+        return self._emit("content", raw, raw=True) if raw else []
 
 
 def parse_output(output: str | Iterable[int], tokenizer: Tokenizer | None = None, *,

@@ -100,7 +100,8 @@ def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
             if k == probs.shape[0] or float(sorted_p.sum()) >= params.top_p:
                 break
             k = min(4 * k, probs.shape[0])
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < params.top_p  # the first token always stays
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < params.top_p  # [k]
+        keep[0] = True  # the first token always stays (also for a top_p below fp32's smallest value)
         probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
     if params.min_p > 0:
         probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hybrid_k2.chat.engine import eos_ids
 from hybrid_k2.serve.constraints import Constraints, ThinkingBudget
 from hybrid_k2.serve.conversation import build_conversation
 from hybrid_k2.serve.errors import APIError, bad_request
@@ -31,6 +32,9 @@ log = logging.getLogger("hybrid_k2.serve")
 MAX_PARALLEL_CALLS = 8     # tool calls one constrained answer may hold
 PREFILL_SLICE = 256        # prompt tokens per prefill call: the cancel check granularity
 MAX_STOP_STRINGS = 8
+# tool_choice required / named: reasoning ends (a `</think>` is forced) once it has used all of
+# max_tokens but this reserve, so the forced call fits: half of max_tokens, at most FORCED_CALL_RESERVE.
+FORCED_CALL_RESERVE = 1024
 # A shorter common prefix (say, the default system prompt) is not worth cutting another
 # conversation's cached session down to: a fresh session is used instead.
 MIN_PREFIX_REUSE = 16
@@ -75,6 +79,8 @@ class Engine:
         gen = generation_defaults or {}
         self.default_temperature = _first(config.default_temperature, gen.get("temperature"), 1.0)
         self.default_top_p = _first(config.default_top_p, gen.get("top_p"), 1.0)
+        # generation_config.json's eos_token_id ends an answer too, as in the REPL (chat/engine.py).
+        self.stop_ids = tokenizer.stop_ids | eos_ids(gen, tokenizer.vocab_size)
         self.cache = PrefixCache(lambda: model.new_session(self.max_model_len), max_tokens=max(1, config.cache_tokens),
                                  max_sessions=max(1, config.cache_sessions), min_reuse=MIN_PREFIX_REUSE)
         self.cache_enabled = config.cache_tokens > 0
@@ -108,6 +114,11 @@ class Engine:
             return self._grammars
 
     # --- planning (event loop side) ------------------------------------------------------------
+    def count_chat_tokens(self, req: ChatCompletionRequest) -> int:
+        """Prompt tokens of a chat request (what plan_chat would prefill), without the other checks."""
+        conv = build_conversation(req.messages, req.tools)
+        return len(self.template.render_ids(self.tokenizer, conv.messages, conv.tools))
+
     def plan_chat(self, req: ChatCompletionRequest) -> Plan:
         _refuse_unsupported(req)
         if req.logprobs or req.top_logprobs:
@@ -142,6 +153,9 @@ class Engine:
         # Without tools (or with tool_choice none) the model must not open a tool section.
         banned = (self.tokenizer.tool_calls_section_begin_id,) if choice == "none" else ()
         budget = req.thinking_token_budget if req.thinking_token_budget is not None else self.config.thinking_token_budget
+        if choice == "required" or not isinstance(choice, str):
+            room = max_tokens - min(max_tokens // 2, FORCED_CALL_RESERVE)
+            budget = room if budget is None else min(budget, room)
         return Plan(prompt_ids=prompt, max_tokens=max_tokens, thinking_budget=budget, grammar=grammar,
                     banned_ids=banned, **self._sampling(req))
 
@@ -236,7 +250,8 @@ class Engine:
                                         seed=plan.seed, max_tokens=plan.max_tokens, stop=tuple(plan.stop),
                                         thinking_budget=budget_in_generate)
                 for event in generate(session, self.tokenizer, plan.prompt_ids, params, cancel=job.cancelled,
-                                      constraint=constraints if constraints else None, thinking=plan.thinking):
+                                      constraint=constraints if constraints else None, thinking=plan.thinking,
+                                      stop_ids=self.stop_ids):
                     if event.stats is not None:
                         st = event.stats
                         outcome.finish, outcome.output = st.finish_reason, event.output

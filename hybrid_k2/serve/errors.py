@@ -1,4 +1,5 @@
-"""OpenAI-shaped HTTP errors: every failure leaves the server as {"error": {message, type, param, code}}.
+"""HTTP errors in the caller's API shape: OpenAI's {"error": {message, type, param, code}}, or on the
+Anthropic routes (/v1/messages...) Anthropic's {"type": "error", "error": {type, message}}.
 
 The handlers registered here replace FastAPI's defaults so that a client never sees a stack trace or
 FastAPI's own `{"detail": [...]}` shape; unexpected exceptions are logged here and answered with a
@@ -34,6 +35,24 @@ _TYPE_BY_STATUS = {
 }
 
 
+# Anthropic's error types by status (its SDK maps them to exception classes).
+_ANTHROPIC_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/")
+
+
+def is_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PATHS[0] or path.startswith(ANTHROPIC_PATHS[1])
+
+
 class APIError(HybridK2Error):
     """A request we refuse, with the HTTP status and OpenAI error fields to answer with."""
 
@@ -57,9 +76,18 @@ def error_body(status: int, message: str, *, param: Optional[str] = None, code: 
                       "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, **kw: Any) -> JSONResponse:
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPE_BY_STATUS.get(status, "api_error"), "message": message}}
+
+
+def error_body_for(path: str, status: int, message: str, **kw: Any) -> dict[str, Any]:
+    """The error body in the API shape of the route at `path`."""
+    return anthropic_error_body(status, message) if is_anthropic(path) else error_body(status, message, **kw)
+
+
+def error_response(status: int, message: str, *, path: str = "", **kw: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(status, message, **kw), status_code=status, headers=headers)
+    return JSONResponse(error_body_for(path, status, message, **kw), status_code=status, headers=headers)
 
 
 def _loc_to_param(loc: tuple) -> Optional[str]:
@@ -69,12 +97,14 @@ def _loc_to_param(loc: tuple) -> Optional[str]:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, Optional[str]]:
+    """A body that does not validate is a 400 invalid_request_error, as OpenAI and Anthropic answer it
+    (FastAPI's default 422 makes the openai client raise UnprocessableEntityError)."""
     errors = exc.errors()
     if errors and errors[0].get("type") == "json_invalid":
         ctx = errors[0].get("ctx") or {}
         return 400, f"request body is not valid JSON: {ctx.get('error', 'parse error')}", None
     if not errors:
-        return 422, "invalid request", None
+        return 400, "invalid request", None
     first = errors[0]
     param = _loc_to_param(tuple(first.get("loc", ())))
     msg = first.get("msg", "invalid value")
@@ -84,33 +114,37 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, Optional
         text = f"invalid value for '{param}': {msg}" if param else msg
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return 422, text, param
+    return 400, text, param
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, type=exc.type)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, path=request.url.path, param=exc.param, code=exc.code,
+                              type=exc.type)
 
     @app.exception_handler(HybridK2Error)
-    async def _project_error(_: Request, exc: HybridK2Error) -> JSONResponse:
+    async def _project_error(request: Request, exc: HybridK2Error) -> JSONResponse:
         # Our own one-line errors are about the input (a template, a token, a schema).
-        return error_response(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return error_response(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                              path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, message, param = _validation_message(exc)
-        return error_response(status, message, param=param,
-                              code="invalid_json" if status == 400 else "invalid_value")
+        json_error = message.startswith("request body is not valid JSON")
+        return error_response(status, message, path=request.url.path, param=param,
+                              code="invalid_json" if json_error else "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404:
-            message = "no such route (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)"
-        return error_response(exc.status_code, message)
+            message = ("no such route (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions, "
+                       "POST /v1/messages)")
+        return error_response(exc.status_code, message, path=request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error while serving a request", exc_info=exc)
-        return error_response(500, "internal server error (the server log has the details)")
+        return error_response(500, "internal server error (the server log has the details)", path=request.url.path)

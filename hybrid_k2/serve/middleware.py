@@ -9,14 +9,14 @@ import hmac
 import json
 from typing import Optional
 
-from hybrid_k2.serve.errors import error_body
+from hybrid_k2.serve.errors import error_body_for
 from hybrid_k2.serve.metrics import Metrics
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/", "/health"})  # the web page asks for the key itself
 
 
-async def _send_error(send, status: int, message: str, *, code: Optional[str] = None) -> None:
-    body = json.dumps(error_body(status, message, code=code)).encode()
+async def _send_error(scope, send, status: int, message: str, *, code: Optional[str] = None) -> None:
+    body = json.dumps(error_body_for(scope["path"], status, message, code=code)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
@@ -32,7 +32,8 @@ def _header(scope, name: bytes) -> Optional[bytes]:
 
 
 class ApiKeyGate:
-    """With an API key set, every route but /health needs `Authorization: Bearer KEY` (else 401)."""
+    """With an API key set, every route but /health and the web page needs the key (else 401), as
+    `Authorization: Bearer KEY` (OpenAI clients) or `x-api-key: KEY` (Anthropic clients)."""
 
     def __init__(self, app, api_key: Optional[str]):
         self.app = app
@@ -42,11 +43,14 @@ class ApiKeyGate:
         if self.key is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         auth = _header(scope, b"authorization") or b""
+        x_key = _header(scope, b"x-api-key")
         scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-            what = "missing API key" if not auth else "invalid API key"
-            return await _send_error(send, 401, f"{what}: send the header 'Authorization: Bearer <key>'",
-                                     code="invalid_api_key")
+        ok = (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)) or \
+            (x_key is not None and hmac.compare_digest(x_key.strip(), self.key))
+        if not ok:
+            what = "missing API key" if not auth and x_key is None else "invalid API key"
+            return await _send_error(scope, send, 401, f"{what}: send the header 'Authorization: Bearer <key>' "
+                                     "or 'x-api-key: <key>'", code="invalid_api_key")
         return await self.app(scope, receive, send)
 
 
@@ -66,7 +70,7 @@ class BodyLimit:
         too_big = f"request body is larger than the server's limit of {self.max_bytes} bytes"
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _send_error(send, 413, too_big, code="request_too_large")
+            return await _send_error(scope, send, 413, too_big, code="request_too_large")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -75,7 +79,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await _send_error(send, 413, too_big, code="request_too_large")
+                return await _send_error(scope, send, 413, too_big, code="request_too_large")
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False

@@ -2,10 +2,9 @@
 
 The chat package's OutputParser runs inside `generate` on the model thread; its Deltas (reasoning /
 content text, tool-call starts and argument fragments) and its final ParsedOutput arrive here, on
-the request side, to be shaped as OpenAI objects. Tool-call deltas are held back and sent from the
-final ParsedOutput: the tool section is the last thing K2 writes, so nothing is delayed that could
-come earlier, and a stream can never show calls that the parser later turned back into content
-(a malformed or cut-off section): streamed and non-streamed answers are always the same.
+the request side, to be shaped as OpenAI objects. The answer itself (what is shown, tool calls
+streamed incrementally, abandoned tool sections hidden) is answer.Answer's, shared with the
+Anthropic route: streamed and non-streamed answers are always the same.
 """
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from hybrid_k2.chat.parser import Delta, ParsedOutput
+from hybrid_k2.serve.answer import Answer, Piece
 
 
 def new_id(prefix: str) -> str:
@@ -48,31 +48,41 @@ def usage(outcome: Outcome, *, reasoning: bool = True) -> dict[str, Any]:
 
 
 class ChatAssembler:
+    """An Answer (answer.py) as OpenAI chat deltas and the final assistant message."""
+
     def __init__(self, *, reasoning_field: str = "reasoning_content"):
         self.fields = ("reasoning_content", "reasoning") if reasoning_field == "both" else (reasoning_field,)
+        self.answer = Answer()
 
     def push(self, deltas: list[Delta]) -> list[dict[str, Any]]:
-        """Parser deltas -> the `delta` objects to stream (tool-call deltas wait for finish)."""
-        out: list[dict[str, Any]] = []
-        for d in deltas:
-            if d.kind == "reasoning" and d.text:
-                out.append({f: d.text for f in self.fields})
-            elif d.kind == "content" and d.text:
-                out.append({"content": d.text})
-        return out
+        """Parser deltas -> the `delta` objects to stream."""
+        return [self._delta(p) for p in self.answer.push(deltas)]
 
     def finish(self, outcome: Outcome) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-        """The tool-call deltas, the complete assistant message, and the finish_reason."""
-        parsed = outcome.output or ParsedOutput()
-        message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+        """The last deltas, the complete assistant message, and the finish_reason."""
+        deltas = [self._delta(p) for p in self.answer.finish()]
+        a = self.answer
+        message: dict[str, Any] = {"role": "assistant", "content": a.content}
         for f in self.fields:
-            message[f] = parsed.reasoning
-        calls = [c.to_openai() for c in parsed.tool_calls]
-        if calls:
-            message["tool_calls"] = calls
-        deltas = [{"tool_calls": [{"index": i, **c}]} for i, c in enumerate(calls)]
-        finish = "tool_calls" if calls else ("length" if outcome.finish == "length" else "stop")
-        return deltas, message, finish
+            message[f] = a.reasoning
+        if a.calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.text}}
+                                     for c in a.calls]
+        finish = a.finish_reason(outcome.finish)
+        return deltas, message, "stop" if finish == "cancelled" else finish
+
+    def _delta(self, piece: Piece) -> dict[str, Any]:
+        part = self.answer.parts[piece.part]
+        if part.kind == "reasoning":
+            return {f: piece.text for f in self.fields}
+        if part.kind == "content":
+            return {"content": piece.text}
+        call: dict[str, Any] = {"index": part.call_index}
+        if piece.opens:
+            call.update(id=part.id, type="function", function={"name": part.name, "arguments": ""})
+        else:
+            call["function"] = {"arguments": piece.text}
+        return {"tool_calls": [call]}
 
 
 class TextAssembler:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.serve.engine import ServeConfig, load_engine
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def _is_loopback(host: str) -> bool:
@@ -20,6 +22,25 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a busy port fails in a second, not after
+    loading hundreds of GB."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise HybridK2Error(f"cannot resolve --host {host!r}: {e}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise HybridK2Error(f"cannot listen on {host}:{port}: {e.strerror or e} (another server on that port? "
+                            "choose another with --port)") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional[str], config: ServeConfig,
@@ -37,6 +58,9 @@ def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional
         raise HybridK2Error("--max-queue must be >= 0 and --max-body-bytes >= 1024")
     if config.max_model_len is not None and config.max_model_len < 2:
         raise HybridK2Error("--max-model-len must be at least 2")
+    if log_level.lower() not in LOG_LEVELS:
+        raise HybridK2Error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    log_level = log_level.lower()
     if threads:  # the old --threads: torch threads, applied by the runtime like --torch-threads
         from hybrid_k2.runtime.cli_options import runtime_config
 
@@ -46,8 +70,10 @@ def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional
     if not _is_loopback(host) and not api_key:
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.DEBUG),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = bind(host, port)
+    port = sock.getsockname()[1]
     engine = load_engine(model, config, device=device, precision=precision, runtime=runtime)
     if config.max_model_len and config.max_model_len > engine.model.args.max_position_embeddings:
         raise HybridK2Error(f"--max-model-len {config.max_model_len} exceeds the model's context of "
@@ -57,5 +83,6 @@ def run_server(*, model: Optional[Path], host: str, port: int, api_key: Optional
           f"(context {engine.max_model_len} tokens)", file=sys.stderr, flush=True)
     if engine.model.runtime is not None:
         print(f"runtime: {engine.model.runtime.describe()}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
-                timeout_keep_alive=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=5, timeout_keep_alive=30))
+    server.run(sockets=[sock])
