@@ -32,7 +32,7 @@ def browser():
     driver.quit()
 
 
-def wait(predicate, timeout=60.0, what="condition"):
+def wait(predicate, timeout=180.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
