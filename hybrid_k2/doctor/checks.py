@@ -267,7 +267,9 @@ def check_sampling(ctx: Ctx) -> str:
 
 def check_server(ctx: Ctx) -> str:
     """One /v1/chat/completions request through a real server on loopback, logits on the device."""
-    import httpx
+    import urllib.error
+    import urllib.request
+
     import uvicorn
 
     from hybrid_k2.serve.app import create_app
@@ -286,9 +288,13 @@ def check_server(ctx: Ctx) -> str:
         port = server.servers[0].sockets[0].getsockname()[1]
         body = {"model": engine.config.served_model_name, "max_tokens": 6, "temperature": 0.7, "seed": 1,
                 "messages": [{"role": "user", "content": "Say hi."}]}
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120)
-        expect(r.status_code == 200, f"HTTP {r.status_code}: {r.text[:200]}")
-        usage = r.json()["usage"]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:  # the standard library: no extra dependency
+                usage = json.loads(r.read())["usage"]
+        except urllib.error.HTTPError as e:
+            raise CheckFailed(f"HTTP {e.code}: {e.read()[:200]!r}") from None
         expect(usage["completion_tokens"] >= 1, f"no token generated: {usage}")
         return f"HTTP 200, {usage['completion_tokens']} tokens sampled from {ctx.device.type} logits"
     finally:
