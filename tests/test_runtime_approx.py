@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hybrid_k2
-from hybrid_k2.doctor.checks import logit_agreement as compare
+from hybrid_k2.doctor.common import logit_agreement as compare
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.runtime import Placement, RuntimeConfig
 

@@ -1,121 +1,28 @@
 """The doctor's check list: each check loads a tiny model on a device and compares with the CPU reference.
 
 A check is a function check(ctx) -> detail string; it raises CheckFailed (or anything) to fail. The same
-functions run on `cpu` and, when there is one, on `cuda` (Ctx.device); `gpu_only` checks are listed as
-skipped on a machine without a GPU. The reference is the plain module forward with the pure-torch
-experts, exact (fp32), on the CPU (RuntimeConfig.reference()), computed once per prompt.
-
-Tolerances: EXACT_TOL for paths that are exact algebra (the hybrid runtime, hot experts, streamed
-prefill, graphs: max |Δ logits|, as the test suite); KL / top-1 bounds for the approximate ones (as
-tests/test_runtime_approx.py: deferral, int8, bf16).
+functions run on `cpu` and, when there is one, on `cuda` (Ctx.device); the GPU-only checks
+(hybrid_k2/doctor/cuda_checks.py) are listed as skipped on a machine without a GPU. The reference is the
+plain module forward with the pure-torch experts, exact (fp32), on the CPU (RuntimeConfig.reference()),
+computed once per prompt (hybrid_k2/doctor/common.py).
 """
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-import hybrid_k2
+from hybrid_k2.doctor.common import (CTX, DECODE, DEFER_1, DELAY_S, EXACT_TOL, FAST, INT8, PROMPT, CheckFailed,
+                                     Ctx, bounded_against_reference, closed, exact_against_reference, expect,
+                                     max_diff, sync)
+from hybrid_k2.doctor.cuda_checks import (check_graph_decode, check_graph_long_prompt, check_peak_memory,
+                                          check_pinned, check_placement)
 from hybrid_k2.runtime import Placement, RuntimeConfig
-
-EXACT_TOL = 2e-3
-DEFER_1 = dict(kl=0.05, top1=0.5)
-INT8 = dict(kl=0.02, top1=0.8)
-FAST = dict(kl=0.02, top1=0.8)
-PROMPT, DECODE = 40, 4  # tokens of the standard sequence: a prompt, then decode steps
-CTX = 8192  # the sessions' context: holds the >4,096-token prompt of the graph check
-DELAY_S = 0.03  # controlled delay on each side of the overlap check
-
-
-class CheckFailed(AssertionError):
-    pass
-
-
-def expect(ok: bool, message: str) -> None:
-    if not ok:
-        raise CheckFailed(message)
-
-
-def logit_agreement(ref: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
-    """(mean KL(ref || got) per row in nats, top-1 agreement) of logits [N, V]."""
-    lp, lq = F.log_softmax(ref.float(), -1), F.log_softmax(got.float(), -1)
-    kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
-    return kl, (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
-
-
-@dataclass
-class Ctx:
-    path: Path  # the tiny model
-    device: torch.device
-    work: Path  # scratch folder (counts files)
-    reference: object = None  # the CPU reference Model
-    _ref_cache: dict = field(default_factory=dict)
-
-    def load(self, precision: str = "exact", **runtime) -> "hybrid_k2.api.Model":
-        config = RuntimeConfig(ctx=CTX, **runtime)
-        return hybrid_k2.load(self.path, device=self.device, precision=precision, runtime=config)
-
-    def tokens(self, n: int, seed: int = 0) -> list[int]:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randint(0, self.reference.args.vocab_size, (n,), generator=g).tolist()
-
-    def ref(self, ids: list[int], n_decode: int = DECODE) -> torch.Tensor:
-        key = (tuple(ids), n_decode)
-        if key not in self._ref_cache:
-            self._ref_cache[key] = run(self.reference, ids, n_decode)
-        return self._ref_cache[key]
-
-
-def run(model, ids: list[int], n_decode: int = DECODE, session=None) -> torch.Tensor:
-    """Prefill ids[:-n_decode], then decode the rest one by one -> logits [len(ids), V] fp32 on the CPU."""
-    s = session or model.new_session(min(CTX, model.args.max_position_embeddings))
-    rows = [s.prefill(ids[:len(ids) - n_decode])] + [s.decode(t)[None] for t in ids[len(ids) - n_decode:]]
-    return torch.cat(rows).float().cpu()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
-
-
-def closed(model):
-    """Context manager: the model's CPU worker is shut down when the check ends (pass or fail)."""
-    class _Close:
-        def __enter__(self):
-            return model
-
-        def __exit__(self, *exc):
-            if getattr(model, "runtime", None) is not None:
-                model.runtime.close()
-    return _Close()
-
-
-def exact_against_reference(ctx: Ctx, model, what: str, ids: list[int] | None = None) -> str:
-    ids = ids or ctx.tokens(PROMPT + DECODE)
-    got, ref = run(model, ids), ctx.ref(ids)
-    expect(bool(torch.isfinite(got).all()), f"{what}: non-finite logits")
-    d = max_diff(got, ref)
-    expect(d <= EXACT_TOL, f"{what}: max |Δ logits| {d:.2e} > {EXACT_TOL:g} against the CPU reference")
-    return f"max |Δ logits| {d:.1e} over {len(ids)} positions (prefill + {DECODE} decodes)"
-
-
-def bounded_against_reference(ctx: Ctx, model, what: str, bound: dict) -> str:
-    ids = ctx.tokens(PROMPT + DECODE)
-    kl, top1 = logit_agreement(ctx.ref(ids), run(model, ids))
-    expect(math.isfinite(kl) and kl <= bound["kl"] and top1 >= bound["top1"],
-           f"{what}: KL {kl:.2e} (bound {bound['kl']}), top-1 {top1:.2f} (bound {bound['top1']})")
-    return f"KL {kl:.1e} nats, top-1 {top1:.2f} against the CPU reference"
 
 
 # -- checks on every device ------------------------------------------------------------------------------
@@ -333,61 +240,6 @@ def check_static_body(ctx: Ctx) -> str:
         return f"{DECODE} static steps over a 2,100-row zero-filled cache: max |Δ logits| {worst:.1e}"
 
 
-# -- GPU only ----------------------------------------------------------------------------------------------
-def check_placement(ctx: Ctx) -> str:
-    with closed(ctx.load()) as m:
-        wrong = [(n, str(p.device)) for n, p in m.net.named_parameters()
-                 if p.device.type != ("cpu" if n.startswith("model.embed_tokens") else ctx.device.type)]
-        expect(not wrong, f"{len(wrong)} weights misplaced, e.g. {wrong[:3]}")
-        n = sum(1 for _ in m.net.named_parameters())
-        return f"{n} weights: the embedding in RAM, every other GPU-side weight on {ctx.device.type}"
-
-
-def check_pinned(ctx: Ctx) -> str:
-    with closed(ctx.load(cuda_graphs=False)) as m:
-        run(m, ctx.tokens(8), n_decode=2)
-        bufs = [getattr(st, f) for st in m.runtime.executor.staging for f in ("x", "out", "ids", "weights")]
-        expect(all(b.is_pinned() for b in bufs), "executor staging buffers are not pinned")
-        return f"{len(bufs)} executor staging buffers pinned"
-
-
-def check_graph_decode(ctx: Ctx) -> str:
-    ids = ctx.tokens(PROMPT + DECODE)
-    with closed(ctx.load()) as m:
-        expect(m.runtime.graphs is not None, "CUDA graphs are not enabled on this device")
-        s = m.new_session(CTX)  # kept alive: its graph stays cached
-        got, ref = run(m, ids, session=s), ctx.ref(ids)
-        d = max_diff(got, ref)
-        expect(d <= EXACT_TOL, f"graph decode: max |Δ logits| {d:.2e} > {EXACT_TOL:g} against the CPU reference")
-        with closed(ctx.load(cuda_graphs=False)) as eager:
-            e = max_diff(got[-DECODE:], run(eager, ids)[-DECODE:])
-        expect(e <= EXACT_TOL, f"graph decode: max |Δ logits| {e:.2e} > {EXACT_TOL:g} against eager decode")
-        statics = [value[0] for value, _ in m.runtime.graphs.graphs.entries.values()]
-        expect(len(statics) == 1, f"{len(statics)} graphs captured for one session")
-        host = [b for st in statics for bufs in st.staging.values() for k, b in bufs.items() if k != "out_dev"]
-        expect(all(b.is_pinned() for b in host), "graph staging buffers are not pinned")
-        return (f"max |Δ logits| {d:.1e} over {len(ids)} positions ({DECODE} graph decodes) against the "
-                f"reference, {e:.1e} against eager decode; staging pinned")
-
-
-def check_graph_long_prompt(ctx: Ctx) -> str:
-    """A >4,096-token prompt, then graph decode, after filling freed device memory with NaN. Compared
-    with the hybrid runtime on the CPU (exact; the first check holds it to the reference), which runs
-    the 4,200 tokens ~10x faster than the plain module forward."""
-    ids = ctx.tokens(4200 + DECODE, seed=3)
-    with closed(hybrid_k2.load(ctx.path, device="cpu", precision="exact", runtime=RuntimeConfig(ctx=CTX))) as cpu:
-        ref = run(cpu, ids)
-    with closed(ctx.load()) as m:
-        free, _ = torch.cuda.mem_get_info(ctx.device)
-        poison = torch.full((min(free // 4, 2**30) // 4,), float("nan"), device=ctx.device)
-        del poison  # back to the caching allocator: the session's caches reuse it
-        got = run(m, ids)
-        expect(bool(torch.isfinite(got).all()), "non-finite logits after the long prompt")
-        d = max_diff(got[-DECODE:], ref[-DECODE:])
-        expect(d <= EXACT_TOL, f"graph decode after 4,200 tokens: max |Δ logits| {d:.2e} > {EXACT_TOL:g}")
-        return f"4,200-token prompt, {DECODE} graph decodes: max |Δ logits| {d:.1e}"
-
-
 def check_job_error(ctx: Ctx) -> str:
     """An exception inside the CPU job (on CUDA: a host callback of the graph; on CPU: the eager
     executor's worker) reaches the caller; the next decode works."""
@@ -413,19 +265,6 @@ def check_job_error(ctx: Ctx) -> str:
         d = max_diff(got, ctx.ref(ids)[PROMPT + 1])
         expect(d <= EXACT_TOL, f"the decode after the failure: max |Δ logits| {d:.2e}")
         return f"the error was raised by decode; the next decode matches (max |Δ| {d:.1e})"
-
-
-def check_peak_memory(ctx: Ctx) -> str:
-    torch.cuda.synchronize(ctx.device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(ctx.device)
-    base = torch.cuda.memory_allocated(ctx.device)
-    with closed(ctx.load("fast")) as m:
-        run(m, ctx.tokens(600 + DECODE, seed=4))
-        peak = torch.cuda.max_memory_allocated(ctx.device) - base
-        plan = m.runtime.prepared.plan
-        expect(peak <= plan.gpu_total, f"peak {peak / 2**20:.1f} MiB above the plan's {plan.gpu_total / 2**20:.1f} MiB")
-        return f"peak {peak / 2**20:.1f} MiB of the plan's {plan.gpu_total / 2**20:.1f} MiB (ctx {plan.ctx:,})"
 
 
 @dataclass(frozen=True)
