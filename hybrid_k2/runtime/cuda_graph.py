@@ -5,15 +5,15 @@
   the session's latent caches (allocated once for the session's context C, zero-filled on CUDA),
   pinned staging and a device result buffer per MoE layer, logits [1, V] fp32.
 The body is the model's own code (KimiK2.embed, Rope.tables, Block.attention / feed_forward,
-MoE.route / shared / combine, KimiK2.logits); attention is MLA in its static form (a tensor position: the new row is written with
-index_copy_ at `pos`, all C rows are read block by block and rows after `pos` masked; model/mla.py),
-and tests compare the static body (run eagerly on CPU) against the model's decode. Per MoE layer inside
+MoE.route / shared / combine, KimiK2.logits); attention is MLA in its static form (a tensor position:
+the new row is written at `pos`, all C rows are read block by block and rows after `pos` masked;
+model/mla.py), and tests compare the static body (run eagerly on CPU) against the model's decode. Per MoE layer inside
 the graph:
   main stream:  attention -> router --fork--> shared expert --------------------join--> combine
   side stream:            D2H(h, ids, w) -> host function: CPU job -> H2D(out) --^
 The host function (cuLaunchHostFunc of the CUDA driver through ctypes, the one driver every runtime
-uses; a capturable graph node) runs the CPU job
-synchronously on the driver's callback thread while the main stream computes the shared expert. It
+uses; a capturable graph node) runs the CPU job synchronously on the driver's callback thread while
+the main stream computes the shared expert. It
 takes the GIL (a Python callback), so the thread that replays must not hold the GIL while it waits:
 we wait with Event.synchronize(), which releases it. Host functions may not call CUDA, and the job
 touches only pinned host memory. Errors inside the callback are kept and raised after the replay.
