@@ -25,7 +25,7 @@ import torch
 
 from hybrid_k2.kernels import available_isas, measure_bandwidth, moe_forward, moe_submit
 from hybrid_k2.kernels.synthetic import random_experts, random_routing
-from hybrid_k2.kernels.reference import dequantize_int4
+from hybrid_k2.model.experts import dequantize_expert
 
 D, I, K = 7168, 2048, 8
 PEAK_ISA = "avx2"  # the ISA of the int8 peak probe (_C.int8_peak_gops)
@@ -56,8 +56,7 @@ def torch_baseline(experts, tokens, repeats):
     """torch on bf16 weights dequantised beforehand (8 experts), the routed tokens of each expert."""
     ws = []
     for e in range(K):
-        t = experts.expert_tensors(e)
-        ws.append([dequantize_int4(t[p + "_packed"], t[p + "_scale"]).to(torch.bfloat16) for p in ("gate", "up", "down")])
+        ws.append(list(dequantize_expert(experts, e, torch.bfloat16)))
     x = torch.randn(tokens, D).to(torch.bfloat16)
     ids, w = random_routing(tokens=tokens, top_k=K, num_experts=K, seed=1)
 

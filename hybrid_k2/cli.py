@@ -274,6 +274,35 @@ def profile_experts_cmd(
     typer.echo(f"wrote {out}: {data['tokens']} tokens over {data['prompts']} prompts, {len(data['counts'])} MoE layers")
 
 
+@app.command("doctor")
+def doctor_cmd(
+    output: str = typer.Option("table", "--output", "-o", help="table | json."),
+    probe_mb: int = typer.Option(1024, "--probe-mb", help="Size of the memory bandwidth probes in MB."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda: check this device only (default: all here)."),
+    check: Optional[list[str]] = typer.Option(None, "--check", help="Run only the checks whose name contains this (repeatable)."),
+) -> None:
+    """Is this machine set up right, and what will it do? The machine, then every check on a tiny model."""
+    import torch
+
+    from hybrid_k2.doctor import run_doctor
+    from hybrid_k2.doctor.checks import CHECKS
+
+    if output not in ("table", "json"):
+        fail(f"--output must be table or json, got {output!r}", code=2)
+    if probe_mb < 1:
+        fail("--probe-mb must be >= 1", code=2)
+    if device not in (None, "cpu", "cuda"):
+        fail(f"--device must be cpu or cuda, got {device!r}", code=2)
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA GPU is available to this torch build")
+    only = None
+    if check:
+        only = {c.name for c in CHECKS if any(word.lower() in c.name.lower() for word in check)}
+        if not only:
+            fail(f"no check matches {', '.join(check)}", code=2)
+    raise SystemExit(run_doctor(output=output, probe_mb=probe_mb, devices=[device] if device else None, only=only))
+
+
 def main() -> None:
     import click
 

@@ -58,3 +58,29 @@ def test_executor_spans_and_concurrent_cpu_experts(tiny_model):
     decode_once(model, inst)
     assert not inst.timer.snapshot()
     model.runtime.close()
+
+
+def test_expert_traffic_is_counted_on_the_cpu_jobs(tiny_model):
+    """Under a CUDA graph no router hook fires, but the CPU jobs (host callbacks) still see the ids on the
+    host: the counter counts there. The graph's body, run eagerly here, gives the executor's count."""
+    import torch
+
+    from hybrid_k2.runtime.cuda_graph import StaticDecode, ensure_allocated
+
+    model = hybrid_k2.load(tiny_model, progress=False)
+    inst = Instrument(model)
+    s = model.new_session(64)
+    s.prefill([1, 2, 3])
+    ensure_allocated(s.caches)
+    static = StaticDecode(model.runtime, s.caches)
+    inst.counter.recording = True
+    with torch.inference_mode():
+        static.load_inputs(torch.tensor([4]), 3)
+        static.body()
+    jobs = [c for c in inst.counter.take() if c[0] == "job"]  # what a graph replay leaves
+    a = model.args
+    assert len(jobs) == a.n_moe_layers
+    assert inst.counter.distinct(jobs) == (a.n_moe_layers * a.num_experts_per_tok, 0)
+    inst.close()
+    assert not model.runtime.cpu.observers
+    model.runtime.close()

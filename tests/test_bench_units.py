@@ -87,3 +87,13 @@ def test_python_overhead_is_the_remainder_and_shows_double_counting():
     # the same phases with cpu_experts wrongly treated as serial add up to more than the step
     p.concurrent = ()
     assert {x["name"]: x for x in breakdown_row(p, tg)["phases"]}["python"]["ms"] < 0
+
+
+def test_gpu_probe_fits_what_is_free():
+    """The GPU bandwidth probe takes at most a quarter of the free device memory (two buffers of an
+    eighth each), so it never pushes a model out of its budget."""
+    from hybrid_k2.bench.probe import gpu_probe_bytes
+
+    assert gpu_probe_bytes(1024, 80 * 10**9) == 1024 * 10**6  # plenty free: the full 1 GB
+    assert gpu_probe_bytes(1024, 2 * 10**9) == 250 * 10**6  # a full device: an eighth of what is left
+    assert gpu_probe_bytes(1024, 0) == 0

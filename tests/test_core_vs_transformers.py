@@ -71,12 +71,3 @@ def test_truncate_then_prefill_equals_fresh(tiny_model):
     again = s.prefill([20, 21])
     fresh = model.new_session().prefill([5, 6, 7, 20, 21])
     assert (again - fresh[3:]).abs().max().item() <= 1e-5
-
-
-def test_fast_precision_stays_close_to_exact(tiny_model):
-    exact = hybrid_k2.load(tiny_model, precision="exact").new_session().prefill([4, 8, 15, 16, 23, 42])
-    fast = hybrid_k2.load(tiny_model, precision="fast").new_session().prefill([4, 8, 15, 16, 23, 42])
-    assert fast.dtype == torch.float32
-    # bf16 weights and activations: agreement on the top token for most positions, bounded error
-    assert (fast.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.5
-    assert (fast - exact).abs().max().item() < 0.5 * exact.abs().max().item()

@@ -68,3 +68,15 @@ def test_torch_threads_applied_at_load(tiny_model):
         model.runtime.close()
     finally:
         torch.set_num_threads(before)
+
+
+def test_cuda_graphs_flag():
+    assert runtime_config().cuda_graphs is True
+    assert runtime_config(cuda_graphs=False).cuda_graphs is False
+
+    @runtime_options
+    def cmd(runtime=None):
+        return runtime
+
+    assert cmd(cuda_graphs=False).cuda_graphs is False
+    assert "--no-cuda-graphs" in OPTIONS["cuda_graphs"][1].param_decls[0]

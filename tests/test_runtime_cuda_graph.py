@@ -1,12 +1,16 @@
 """The CUDA-graph decode step: its static body runs eagerly on CPU against the model; capture needs CUDA."""
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import pytest
 import torch
 
 import hybrid_k2
+from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.runtime import RuntimeConfig
-from hybrid_k2.runtime.cuda_graph import StaticDecode, ensure_allocated
+from hybrid_k2.runtime.cuda_graph import GraphCache, StaticDecode, ensure_allocated, host_func_launcher, loaded_library
 
 TOL = 2e-3
 
@@ -63,6 +67,52 @@ def test_unused_rows_must_be_finite(path):
             static.body()
         assert bool(torch.isfinite(static.logits).all()) is finite
     model.runtime.close()
+
+
+def test_graph_key_is_released_with_its_session_and_evicted_lru(path):
+    """A graph must not keep a dropped session's caches alive (they hold the whole context on the GPU),
+    and a session in use is not evicted before one that is not."""
+    model = hybrid_k2.load(path)
+    made = []
+    graphs = GraphCache(lambda caches: made.append(StaticDecode(model.runtime, caches)) or made[-1], size=2)
+    sessions = [model.new_session(64) for _ in range(3)]
+    a, b, c = sessions
+    for x in (a, b, c):
+        ensure_allocated(x.caches)
+    del x
+    first = graphs.get(a.caches)
+    graphs.get(b.caches)
+    assert graphs.get(a.caches) is first and len(made) == 2  # a hit: no new capture
+    graphs.get(c.caches)  # evicts b, the least recently used (FIFO would evict a)
+    assert graphs.get(a.caches) is first and len(made) == 3
+    del sessions, a, b
+    made.clear()
+    first = None
+    gc.collect()
+    assert len(graphs) == 1  # a's entry went with a's caches; c's stays
+    del c
+    gc.collect()
+    assert len(graphs) == 0
+    model.runtime.close()
+
+
+def test_host_function_comes_from_the_driver_or_torchs_own_runtime():
+    """Never a libcudart found on the library path (another CUDA version than torch's)."""
+    assert loaded_library("libtorch_cpu").rsplit("/", 1)[-1].startswith("libtorch_cpu.so")  # what torch loaded
+    maps = ("7f00-7f01 r-xp 00000000 08:01 42 /opt/a/libcudart.so.12.4.127\n"
+            "7f02-7f03 r-xp 00000000 08:01 43 /opt/b/libcudart_static_helper.so\n")
+    assert loaded_library("libcudart", maps) == "/opt/a/libcudart.so.12.4.127"
+    assert loaded_library("libcudart", "7f00-7f01 rw-p 00000000 00:00 0\n") is None
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        has_driver = True
+    except OSError:
+        has_driver = False
+    if has_driver or loaded_library("libcudart"):
+        assert callable(host_func_launcher())
+    else:
+        with pytest.raises(HybridK2Error, match="--no-cuda-graphs"):
+            host_func_launcher()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -101,12 +101,23 @@ def bandwidth(cpu_model: str, threads: int, *, reprobe: bool = False) -> dict:
     return {**result, "cached": False}
 
 
+def gpu_probe_bytes(size_mb: int, free_bytes: int) -> int:
+    """Bytes of each of the probe's two device buffers: size_mb, at most an eighth of the free memory
+    (both buffers together a quarter), so the probe never pushes a loaded model out of its budget."""
+    return max(0, min(size_mb * 10**6, free_bytes // 8) // 4 * 4)
+
+
 def gpu_bandwidth(device: torch.device, *, size_mb: int = PROBE_MB, repeats: int = REPEATS) -> float | None:
-    """Device-memory bandwidth of a CUDA device in GB/s: best of `repeats` 1 GB device-to-device copies,
-    counted as read + write. None on other devices. (Not exercised on the CPU-only development machine.)"""
+    """Device-memory bandwidth of a CUDA device in GB/s: best of `repeats` device-to-device copies of
+    up to 1 GB, counted as read + write. None on other devices. Run it BEFORE loading a model (the
+    runner does): the buffers are released to the driver afterwards, and sized to what is free."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    src = torch.ones(size_mb * 10**6 // 4, dtype=torch.float32, device=device)
+    free, _ = torch.cuda.mem_get_info(device)
+    n = gpu_probe_bytes(size_mb, free) // 4
+    if n < 2**20:  # under 4 MB free: nothing meaningful to measure
+        return None
+    src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(repeats):
@@ -115,4 +126,6 @@ def gpu_bandwidth(device: torch.device, *, size_mb: int = PROBE_MB, repeats: int
         dst.copy_(src)
         torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / best / 1e9
+    del src, dst
+    torch.cuda.empty_cache()  # the model's budget, not the caching allocator, gets this memory back
+    return 2 * n * 4 / best / 1e9

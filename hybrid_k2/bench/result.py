@@ -14,11 +14,11 @@ from hybrid_k2.info import decode_expert_bytes_per_token, kv_bytes_per_token, ro
 
 SCHEMA_ID = "hybrid-k2-bench/1"
 PHASE_ORDER = ("embed", "attention", "dense_mlp", "router", "to_host", "shared_experts", "device_experts",
-               "cpu_experts", "wait", "to_device", "lm_head", "sampling", "python")
+               "graph", "cpu_experts", "wait", "to_device", "lm_head", "sampling", "python")
 WHERE = {"embed": "host", "attention": "device", "dense_mlp": "device", "router": "device",
          "shared_experts": "device", "device_experts": "device", "lm_head": "device", "cpu_experts": "cpu",
          "to_host": "transfer", "to_device": "transfer", "wait": "cpu (waiting)", "sampling": "host",
-         "python": "host"}
+         "python": "host", "graph": "device (whole CUDA-graph step)"}
 
 
 def test_name(m: Measurement) -> str:

@@ -272,6 +272,8 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
     data = RunData()
     torch_threads_before = torch.get_num_threads()
     model = None
+    if opts.device != "cpu" and torch.cuda.is_available():  # before the model fills the device memory
+        data.gpu_gbps = probe.gpu_bandwidth(torch.device("cuda" if opts.device == "auto" else opts.device))
     try:
         for threads in threads_list:
             if model is None or model_threads(model) not in (None, threads):
@@ -286,8 +288,8 @@ def run(opts: BenchOptions, model_path, hardware: dict, progress_factory,
             with progress_factory() as progress:
                 task = progress.add_task(f"memory bandwidth probe ({threads} threads)", total=None)
                 data.bandwidth[threads] = probe.bandwidth(hardware["cpu_model"], threads, reprobe=opts.reprobe)
-                if data.gpu_gbps is None:
-                    data.gpu_gbps = probe.gpu_bandwidth(model.device)
+                if model.device.type != "cuda":
+                    data.gpu_gbps = None
                 progress.remove_task(task)
                 Runner(opts, model, tokens, progress).sweep(threads, data)
             data.experts_backend = experts_backend(model)

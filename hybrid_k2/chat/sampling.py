@@ -2,7 +2,10 @@
 
 [NOTE] Order of the filters (the common one, as in HF's logits warpers): allowed-token mask ->
 temperature -> top-k -> top-p (nucleus) -> min-p, then one inverse-CDF draw with a uniform from a
-torch.Generator, so a seed reproduces a whole answer. temperature == 0 is greedy. K2-Thinking is meant to run at temperature
+torch.Generator, so a seed reproduces a whole answer. temperature == 0 is greedy.
+Everything runs on the logits' device (CPU or the GPU lm_head wrote them on): masks are moved there
+and the uniform is drawn on the CPU generator (the seed means the same thing on every device) and then
+moved there; only the chosen index comes back. K2-Thinking is meant to run at temperature
 1.0 and top_p 1.0 (kimi-k2-format.md 6.4), which are the defaults.
 """
 from __future__ import annotations
@@ -65,11 +68,11 @@ def apply_allowed(logits: torch.Tensor, allowed) -> torch.Tensor:
     if allowed.shape[0] >= V:  # the usual case: a vocabulary-sized mask, used as it is
         mask = allowed[:V]
     else:
-        mask = torch.zeros(V, dtype=torch.bool)  # [V]
+        mask = torch.zeros(V, dtype=torch.bool, device=allowed.device)  # [V]
         mask[:allowed.shape[0]] = allowed
     if not bool(mask.any()):
         raise HybridK2Error("the output constraint allows no token")
-    return logits.masked_fill(~mask, float("-inf"))
+    return logits.masked_fill(~mask.to(logits.device, non_blocking=True), float("-inf"))
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
@@ -116,12 +119,17 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
     The sum is fp64 so that a rare token's slice of [0, total) is not lost to rounding after 10^5 terms.
     With right=True the first index whose cumulative mass exceeds u is returned: a zero-probability
     token never is (its cumulative mass equals its predecessor's)."""
-    cdf = torch.cumsum(probs, 0, dtype=torch.float64)  # [V]
-    u = torch.rand(1, generator=generator, dtype=torch.float64) * cdf[-1]  # [1] in [0, total)
-    i = int(torch.searchsorted(cdf, u, right=True))
+    i = int(draw_index(probs, generator))
     if i >= probs.shape[0]:  # u rounded up to the total: the last token with mass
         i = int(torch.nonzero(probs).max())
     return i
+
+
+def draw_index(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The inverse-CDF draw on probs' device: [1] int64 there (== V when u rounded up to the total)."""
+    cdf = torch.cumsum(probs, 0, dtype=torch.float64)  # [V]
+    u = torch.rand(1, generator=generator, dtype=torch.float64).to(cdf.device)  # the CPU generator's draw
+    return torch.searchsorted(cdf, u * cdf[-1], right=True)  # [1] in [0, V]
 
 
 def _number(x) -> bool:

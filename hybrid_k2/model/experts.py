@@ -2,14 +2,20 @@
 
 Glossary: T tokens, D hidden, I expert width, E experts in the layer, K experts per token, G = 32.
 
-`Int4ExpertStore` stacks one layer's experts as the checkpoint stores each of them:
-  gate_packed, up_packed [E, I, D/8] int32   gate_scale, up_scale [E, I, D/G] bf16
-  down_packed            [E, D, I/8] int32   down_scale           [E, D, I/G] bf16
-and is filled expert by expert while loading (one copy of the experts, ever).
+An expert store is anything with this interface (one interface, two implementations that differ only
+in who runs them):
+  num_experts, hidden, intermediate, nbytes
+  load_expert(e, gate_packed=, gate_scale=, up_packed=, up_scale=, down_packed=, down_scale=)
+  expert_tensors(e) -> {"gate_packed": [I, D/8] int32, "gate_scale": [I, D/G] bf16, "up_*": same,
+                        "down_packed": [D, I/8] int32, "down_scale": [D, I/G] bf16}   (views, no copy)
+`Int4ExpertStore` (below) stacks the six tensors over E in torch tensors (the pure-torch reference, and
+the device copies of hot / streamed experts); `hybrid_k2.kernels.PackedExperts` holds the same bytes in
+the C++ kernels' aligned buffer. Both are filled expert by expert while loading (one copy, ever).
 
-`routed_experts_reference` is the readable pure-torch computation (dequantise, then matmul in fp32):
-the oracle for the C++ kernels, and the path used when no kernel is attached. `RoutedExperts.impl` is
-replaced from outside the model (hybrid_k2.runtime) to run the C++ kernels instead.
+`routed_experts_reference` is the readable pure-torch computation (dequantise with the one INT4 decoder,
+hybrid_k2.quant.int4, then the SwiGLU `expert_mlp`): the oracle for the C++ kernels, and the path used
+when no kernel is attached. `RoutedExperts.impl` is replaced from outside the model (hybrid_k2.runtime)
+to run the C++ kernels instead.
 """
 from __future__ import annotations
 
@@ -22,50 +28,66 @@ from torch import nn
 from hybrid_k2.quant.int4 import GROUP, dequantize_int4
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+FIELDS = ("gate_packed", "gate_scale", "up_packed", "up_scale", "down_packed", "down_scale")
 
 
 class Int4ExpertStore:
-    def __init__(self, num_experts: int, hidden: int, intermediate: int):
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, *, device: torch.device | str = "cpu",
+                 pin_memory: bool = False):
         E, D, I = num_experts, hidden, intermediate
         self.num_experts, self.hidden, self.intermediate = E, D, I
-        self.gate_packed = torch.empty(E, I, D // 8, dtype=torch.int32)
-        self.up_packed = torch.empty(E, I, D // 8, dtype=torch.int32)
-        self.down_packed = torch.empty(E, D, I // 8, dtype=torch.int32)
-        self.gate_scale = torch.empty(E, I, D // GROUP, dtype=torch.bfloat16)
-        self.up_scale = torch.empty(E, I, D // GROUP, dtype=torch.bfloat16)
-        self.down_scale = torch.empty(E, D, I // GROUP, dtype=torch.bfloat16)
+        kw = dict(device=device, pin_memory=pin_memory)
+        self.gate_packed = torch.empty(E, I, D // 8, dtype=torch.int32, **kw)
+        self.up_packed = torch.empty(E, I, D // 8, dtype=torch.int32, **kw)
+        self.down_packed = torch.empty(E, D, I // 8, dtype=torch.int32, **kw)
+        self.gate_scale = torch.empty(E, I, D // GROUP, dtype=torch.bfloat16, **kw)
+        self.up_scale = torch.empty(E, I, D // GROUP, dtype=torch.bfloat16, **kw)
+        self.down_scale = torch.empty(E, D, I // GROUP, dtype=torch.bfloat16, **kw)
 
-    def load_expert(self, e: int, *, gate_packed, gate_scale, up_packed, up_scale, down_packed, down_scale):
-        self.gate_packed[e].copy_(gate_packed)
-        self.gate_scale[e].copy_(gate_scale)
-        self.up_packed[e].copy_(up_packed)
-        self.up_scale[e].copy_(up_scale)
-        self.down_packed[e].copy_(down_packed)
-        self.down_scale[e].copy_(down_scale)
+    def load_expert(self, e: int, **tensors: torch.Tensor) -> None:
+        for f in FIELDS:
+            getattr(self, f)[e].copy_(tensors[f])
 
-    def dequantized(self, e: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-        """(gate [I, D], up [I, D], down [D, I]) of expert e, dequantised exactly."""
-        D, I = self.hidden, self.intermediate
-        return (dequantize_int4(self.gate_packed[e], self.gate_scale[e], (I, D), dtype),
-                dequantize_int4(self.up_packed[e], self.up_scale[e], (I, D), dtype),
-                dequantize_int4(self.down_packed[e], self.down_scale[e], (D, I), dtype))
+    def expert_tensors(self, e: int) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f)[e] for f in FIELDS}
+
+    def slice(self, c0: int, c1: int) -> "Int4ExpertStore":
+        """Experts c0..c1-1 as a store of views (no copy)."""
+        view = Int4ExpertStore.__new__(Int4ExpertStore)
+        view.num_experts, view.hidden, view.intermediate = c1 - c0, self.hidden, self.intermediate
+        for f in FIELDS:
+            setattr(view, f, getattr(self, f)[c0:c1])
+        return view
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (
-            self.gate_packed, self.up_packed, self.down_packed, self.gate_scale, self.up_scale, self.down_scale))
+        return sum(getattr(self, f).numel() * getattr(self, f).element_size() for f in FIELDS)
+
+
+def dequantize_expert(store, e: int, dtype: torch.dtype = torch.float32,
+                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate [I, D], up [I, D], down [D, I]) of expert e in `dtype`, decoded on `device` (default: where
+    the store is; the INT4 bytes move, not the 3.5x larger decoded weights)."""
+    D, I = store.hidden, store.intermediate
+    t = {f: v.to(device, non_blocking=True) if device is not None else v for f, v in store.expert_tensors(e).items()}
+    return (dequantize_int4(t["gate_packed"], t["gate_scale"], (I, D), dtype),
+            dequantize_int4(t["up_packed"], t["up_scale"], (I, D), dtype),
+            dequantize_int4(t["down_packed"], t["down_scale"], (D, I), dtype))
+
+
+def expert_mlp(h: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """One expert: h [n, D] -> down(silu(gate h) * up h) [n, D]."""
+    return F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down)
 
 
 def routed_experts_reference(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                             store: Int4ExpertStore) -> torch.Tensor:
+                             store) -> torch.Tensor:
     """x [T, D], ids [T, K], weights [T, K] fp32 -> [T, D] fp32 = sum_k w * down(silu(gate x) * up x)."""
     xf = x.float()
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
     for e in torch.unique(ids).tolist():
         token, slot = torch.nonzero(ids == e, as_tuple=True)  # tokens routed to e, and where
-        gate, up, down = (w.to(x.device) for w in store.dequantized(e))
-        h = xf[token]  # [n, D]
-        y = F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down)  # [n, D]
+        y = expert_mlp(xf[token], *dequantize_expert(store, e, torch.float32, x.device))  # [n, D]
         out.index_add_(0, token, y * weights[token, slot, None].float())
     return out
 

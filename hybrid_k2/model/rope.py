@@ -48,8 +48,10 @@ class Rope:
         inv_freq, self.attention_factor = inv_frequencies(args)
         self.inv_freq = inv_freq.to(device)
 
-    def tables(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
+    def tables(self, start: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [length, rope/2] at positions start..; start may be a device tensor [1] (graphs)."""
+        pos = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)  # [T]
+        pos = pos + (start.to(torch.float32) if isinstance(start, torch.Tensor) else start)
         angles = pos[:, None] * self.inv_freq[None, :]  # [T, rope/2]
         return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 

@@ -40,9 +40,16 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MoE(args, store) if args.is_moe_layer(layer) else MLP(args.hidden_size, args.intermediate_size)
 
-    def forward(self, x, cache: LatentCache, start: int, cos, sin) -> torch.Tensor:  # [T, D] -> [T, D]
-        x = x + self.self_attn(self.input_layernorm(x), cache, start, cos, sin)
+    def attention(self, x, cache: LatentCache, start: int | torch.Tensor, cos, sin) -> torch.Tensor:
+        """The residual attention half: x [T, D] -> [T, D] (start: an int, or a [1] tensor for graphs)."""
+        return x + self.self_attn(self.input_layernorm(x), cache, start, cos, sin)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual MLP half run as one module (dense layers; MoE layers in the reference)."""
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward(self, x, cache: LatentCache, start: int, cos, sin) -> torch.Tensor:  # [T, D] -> [T, D]
+        return self.feed_forward(self.attention(x, cache, start, cos, sin))
 
 
 class Decoder(nn.Module):
@@ -69,14 +76,22 @@ class KimiK2(nn.Module):
         return [LatentCache(a.kv_dim, a.kv_lora_rank, capacity=capacity, dtype=self.dtype, device=self.device,
                             kv_dtype=kv_dtype, zero_fill=zero_fill) for _ in range(a.num_hidden_layers)]
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [T] (host) -> [T, D] on the device: looked up where the table lives, then moved."""
+        x = self.model.embed_tokens(ids.to(self.model.embed_tokens.weight.device))
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states [T, D] -> fp32 logits [T, V]."""
+        return self.lm_head(h).float()
+
     def hidden(self, ids: torch.Tensor, caches: list[LatentCache], start: int) -> torch.Tensor:
         """ids [T] (host) -> final-normed hidden states [T, D] on the device."""
-        x = self.model.embed_tokens(ids.to(self.model.embed_tokens.weight.device))
-        x = x.to(device=self.device, dtype=self.dtype)  # [T, D]
+        x = self.embed(ids)  # [T, D]
         cos, sin = self.rope.tables(start, ids.shape[0])  # [T, P/2] each
         for layer, cache in zip(self.model.layers, caches):
             x = layer(x, cache, start, cos, sin)
         return self.model.norm(x)
 
     def forward(self, ids: torch.Tensor, caches: list[LatentCache], start: int) -> torch.Tensor:
-        return self.lm_head(self.hidden(ids, caches, start)).float()  # [T, V]
+        return self.logits(self.hidden(ids, caches, start))  # [T, V]

@@ -16,16 +16,19 @@ GROUP = 32
 PACK = 8  # nibbles per int32 word
 
 
-def unpack_int4(packed: torch.Tensor, in_features: int) -> torch.Tensor:
-    """[out, in/8] int32 -> [out, in] int8 with values in [-8, 7]."""
+def unpack_int4(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    """[out, in/8] int32 -> q [out, in] with values in [-8, 7], as `dtype` (int8, or a float dtype: exact).
+
+    Written straight into the result (temporaries: half a byte per value), so that decoding one K2
+    expert matrix in bf16 costs its 2 bytes per weight and little more."""
     assert packed.dtype == torch.int32, packed.dtype
     out_features = packed.shape[0]
     # little-endian: byte b of a word holds columns 2b (low nibble) and 2b+1 (high nibble)
     as_bytes = packed.contiguous().view(torch.uint8).view(out_features, -1)  # [out, in/2]
-    low = (as_bytes & 0xF).to(torch.int8)
-    high = (as_bytes >> 4).to(torch.int8)
-    q = torch.stack((low, high), dim=-1).view(out_features, -1)[:, :in_features]
-    return q - 8
+    q = torch.empty(out_features, as_bytes.shape[1], 2, dtype=dtype, device=packed.device)  # [out, in/2, 2]
+    q[..., 0] = as_bytes & 0xF
+    q[..., 1] = as_bytes >> 4
+    return q.view(out_features, -1)[:, :in_features].sub_(8)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -39,15 +42,22 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, shape: tuple[int, int],
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Exact dequantisation: q * scale formed in fp32 (a 4-bit integer times a bf16 is exact in fp32).
+    """[out, in/8] int32 + [out, in/32] bf16 -> W [out, in] in `dtype`, on packed's device.
 
-    compressed-tensors forms the product in the scale's dtype (bf16), which rounds; `precision="exact"`
-    wants the unrounded value.
+    The ONE INT4 decoder (the reference experts, hot and streamed experts on the device, the loader's
+    checks and the kernels' tests all call it). W = q * scale, formed directly in `dtype`: for fp32 the
+    product is exact (a 4-bit integer times a bf16); for bf16 it is that exact product rounded once,
+    bit-equal to forming it in fp32 and casting, without the fp32 temporaries (an fp32 K2 expert is
+    176 MB, a bf16 one 88 MB). compressed-tensors forms the product in bf16 too; `precision="exact"`
+    asks for fp32, the unrounded value.
     """
     out_features, in_features = shape
-    q = unpack_int4(packed, in_features).to(torch.float32)  # [out, in]
-    s = scale.to(torch.float32).repeat_interleave(GROUP, dim=1)[:, :in_features]  # [out, in]
-    return (q * s).to(dtype)
+    q = unpack_int4(packed, in_features, dtype)  # [out, in], exact in any float dtype
+    s = scale.to(dtype)  # [out, in/32]
+    if in_features % GROUP == 0:  # in place: no second [out, in] tensor
+        q.view(out_features, -1, GROUP).mul_(s[:, :, None])
+        return q
+    return q * s.repeat_interleave(GROUP, dim=1)[:, :in_features]
 
 
 def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,8 @@
 
 `runtime_options` appends --place, --gpu-experts, --expert-counts, --cpu-threads, --torch-threads,
 --defer-experts, --device-prefill-threshold, --ctx (aliases --max-context, --max-model-len),
---kv-cache-dtype and --prefill-chunk to the command's signature (typer reads the signature),
-and calls the command with `runtime=` the RuntimeConfig they build. A value RuntimeConfig refuses is a
+--kv-cache-dtype, --prefill-chunk and --cuda-graphs/--no-cuda-graphs to the command's signature (typer
+reads the signature), and calls the command with `runtime=` the RuntimeConfig they build. A value RuntimeConfig refuses is a
 usage error: one line on stderr, exit code 2 (what typer does for a flag it cannot parse). What only the
 model can check (--defer-experts below its top-k, the counts file) is refused at load: exit code 1.
 """
@@ -46,6 +46,8 @@ OPTIONS: dict[str, tuple[object, object]] = {
         "auto", "--kv-cache-dtype", help="Latent KV cache storage: auto (compute dtype), bf16 or fp8.")),
     "prefill_chunk": (Optional[int], typer.Option(
         None, "--prefill-chunk", help="Prompt tokens per forward (default 512; smaller needs less memory).")),
+    "cuda_graphs": (bool, typer.Option(
+        True, "--cuda-graphs/--no-cuda-graphs", help="Capture the decode step in a CUDA graph (CUDA only).")),
 }
 
 

@@ -91,6 +91,9 @@ class CpuExperts:
         self.stores, self.backend, self.precision, self.threads = stores, backend, precision, threads
         self.timer = timer or NullTimer()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hk2-cpu-experts")
+        # observer(layer, ids [T, K] int32 host, -1 holes) before each job: what the CPU reads, seen where the
+        # ids are on the host in every mode (eager executor, CUDA-graph host callback); benchmarks count here
+        self.observers: list[Callable[[int, torch.Tensor], None]] = []
         if backend == "kernel":
             from hybrid_k2.kernels import moe_forward
 
@@ -101,6 +104,8 @@ class CpuExperts:
                 out: torch.Tensor) -> None:
         """x [T, D] fp32, ids [T, K] int32 with -1 holes, weights [T, K] fp32 -> out [T, D] fp32."""
         with torch.inference_mode():  # thread-local: the worker needs it too (staging may be inference tensors)
+            for observe in self.observers:
+                observe(layer, ids)
             self._compute(layer, x, ids, weights, out)
 
     def _compute(self, layer, x, ids, weights, out) -> None:

@@ -4,26 +4,30 @@
   x_in [1, D] (the embedding row, looked up in host RAM and copied in before replay), pos [1] int64,
   the session's latent caches (allocated once for the session's context C, zero-filled on CUDA),
   pinned staging and a device result buffer per MoE layer, logits [1, V] fp32.
-Attention is the model's own MLA in its static form (a tensor position: the new row is written with
-index_copy_ at `pos`, all C rows are read block by block and rows after `pos` masked; model/mla.py),
-and tests compare the static body (run eagerly on CPU) against the model's decode. Per MoE layer inside
+The body is the model's own code (KimiK2.embed, Rope.tables, Block.attention / feed_forward,
+MoE.route / shared / combine, KimiK2.logits); attention is MLA in its static form (a tensor position:
+the new row is written at `pos`, all C rows are read block by block and rows after `pos` masked;
+model/mla.py), and tests compare the static body (run eagerly on CPU) against the model's decode. Per MoE layer inside
 the graph:
   main stream:  attention -> router --fork--> shared expert --------------------join--> combine
   side stream:            D2H(h, ids, w) -> host function: CPU job -> H2D(out) --^
-The host function (cudaLaunchHostFunc through ctypes; a capturable graph node) runs the CPU job
-synchronously on the driver's callback thread while the main stream computes the shared expert. It
+The host function (cuLaunchHostFunc of the CUDA driver through ctypes, the one driver every runtime
+uses; a capturable graph node) runs the CPU job synchronously on the driver's callback thread while
+the main stream computes the shared expert. It
 takes the GIL (a Python callback), so the thread that replays must not hold the GIL while it waits:
 we wait with Event.synchronize(), which releases it. Host functions may not call CUDA, and the job
 touches only pinned host memory. Errors inside the callback are kept and raised after the replay.
+Graphs are kept per session (its caches, held by weak reference: a dropped session releases its graph
+and its static buffers) and evicted least-recently-used beyond MAX_GRAPHS.
 Not covered: deferral and hot experts (their data-dependent shapes), batch > 1 (Session decodes one
 sequence); the runtime falls back to the eager executor for those.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
-import os
+import weakref
+from collections import OrderedDict
+from typing import Callable
 
 import torch
 
@@ -33,18 +37,15 @@ MAX_GRAPHS = 4
 
 
 # -- the static step (device-agnostic: eager on CPU for tests, captured on CUDA) ------------------------
-def rope_at(rope, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [1, P/2] at the position held in pos [1] (Rope.tables with a tensor position)."""
-    angles = pos.to(torch.float32)[:, None] * rope.inv_freq[None, :]
-    return angles.cos() * rope.attention_factor, angles.sin() * rope.attention_factor
-
-
 class StaticDecode:
-    """Static buffers and the body of one decode step over a given set of caches (capacity C each)."""
+    """Static buffers and the body of one decode step over a given set of caches (capacity C each).
+
+    Holds the caches by weak reference: the session owns them, a graph must not keep them alive."""
 
     def __init__(self, runtime, caches):
         net, a = runtime.net, runtime.args
-        self.runtime, self.net, self.caches = runtime, net, caches
+        self.runtime, self.net = runtime, net
+        self._caches = [weakref.ref(c) for c in caches]
         self.cuda = net.device.type == "cuda"
         self.x_in = torch.zeros(1, a.hidden_size, dtype=net.dtype, device=net.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=net.device)
@@ -59,6 +60,13 @@ class StaticDecode:
         self._host_fns = {}  # ctypes callbacks, kept alive as long as the graph
         if self.cuda:
             self.side = torch.cuda.Stream(net.device)
+
+    @property
+    def caches(self) -> list:
+        caches = [r() for r in self._caches]
+        if any(c is None for c in caches):
+            raise HybridK2Error("the session of this decode graph was dropped")
+        return caches
 
     def _job(self, layer: int) -> None:
         s = self.staging[layer]
@@ -78,7 +86,7 @@ class StaticDecode:
             s["out_dev"].copy_(s["out"])
             return lambda: s["out_dev"]
         main = torch.cuda.current_stream(self.net.device)
-        fork, done = torch.cuda.Event(), torch.cuda.Event()
+        fork, done = torch.cuda.Event(), torch.cuda.Event()  # stream-to-stream only: no host waits on them
         fork.record(main)
         self.side.wait_event(fork)
         with torch.cuda.stream(self.side):
@@ -101,24 +109,23 @@ class StaticDecode:
 
     def body(self) -> None:
         net = self.net
-        x = self.x_in
-        cos, sin = rope_at(net.rope, self.pos)
+        x = self.x_in  # [1, D]
+        cos, sin = net.rope.tables(self.pos, 1)  # [1, P/2] each
         for block, cache in zip(net.model.layers, self.caches):
-            x = x + block.self_attn(block.input_layernorm(x), cache, self.pos, cos, sin)
-            if not hasattr(block.mlp, "gate"):
-                x = x + block.mlp(block.post_attention_layernorm(x))
+            x = block.attention(x, cache, self.pos, cos, sin)
+            if not hasattr(block.mlp, "route"):  # a dense layer
+                x = block.feed_forward(x)
                 continue
+            moe = block.mlp
             h = block.post_attention_layernorm(x)  # [1, D]
-            ids, weights = block.mlp.gate(h)  # [1, K], [1, K]
+            ids, weights = moe.route(h)  # [1, K], [1, K]
             join = self._routed(block.layer, h, ids, weights)
-            shared = block.mlp.shared_experts(h) if block.mlp.shared_experts is not None else None
-            y = join().to(x.dtype)
-            x = x + (y + shared if shared is not None else y)
-        self.logits = net.lm_head(net.model.norm(x)).float()  # [1, V]
+            shared = moe.shared(h)  # computed on the main stream while the CPU job runs
+            x = x + moe.combine([join()], shared, x.dtype)
+        self.logits = net.logits(net.model.norm(x))  # [1, V]
 
     def load_inputs(self, token_id: torch.Tensor, start: int) -> None:
-        emb = self.net.model.embed_tokens
-        self.x_in.copy_(emb(token_id.to(emb.weight.device)).to(self.x_in.dtype))
+        self.x_in.copy_(self.net.embed(token_id))
         self.pos.fill_(start)
 
 
@@ -131,43 +138,89 @@ def ensure_allocated(caches) -> int:
     return caches[0].capacity
 
 
+# -- which graph a session replays -----------------------------------------------------------------------
+class GraphCache:
+    """Session caches -> what capture(caches) made; least-recently-used beyond `size`, and an entry is
+    dropped as soon as its session's caches are (weak reference on the first cache)."""
+
+    def __init__(self, capture: Callable, size: int = MAX_GRAPHS):
+        self.capture, self.size = capture, size
+        self.entries: OrderedDict[tuple, tuple[object, weakref.finalize]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @staticmethod
+    def key(caches) -> tuple:
+        return id(caches[0]), caches[0].capacity, caches[0].data.data_ptr()
+
+    def get(self, caches):
+        key = self.key(caches)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key][0]
+        while len(self.entries) >= self.size:
+            _, (_, finalizer) = self.entries.popitem(last=False)
+            finalizer.detach()
+        value = self.capture(caches)
+        self.entries[key] = (value, weakref.finalize(caches[0], self.entries.pop, key, None))
+        return value
+
+
 # -- CUDA plumbing -------------------------------------------------------------------------------------
 HOST_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_CUDART = None
+_LAUNCH = None
 
 
-def _cudart():
-    global _CUDART
-    if _CUDART is None:
-        names = [ctypes.util.find_library("cudart")]
-        for base in (os.path.dirname(torch.__file__), *__import__("site").getsitepackages()):
-            names += glob.glob(os.path.join(base, "**", "libcudart.so*"), recursive=True)
-        for name in filter(None, names):
-            try:
-                lib = ctypes.CDLL(name)
-                lib.cudaLaunchHostFunc.argtypes = [ctypes.c_void_p, HOST_FN, ctypes.c_void_p]
-                lib.cudaLaunchHostFunc.restype = ctypes.c_int
-                _CUDART = lib
-                break
-            except (OSError, AttributeError):
-                continue
-        else:
-            raise HybridK2Error("CUDA graphs need libcudart (cudaLaunchHostFunc); run with cuda_graphs=False")
-    return _CUDART
+def loaded_library(stem: str, maps: str | None = None) -> str | None:
+    """The path of the shared library `stem`.so* already mapped into this process (None: not loaded)."""
+    if maps is None:
+        try:
+            with open("/proc/self/maps") as f:
+                maps = f.read()
+        except OSError:
+            return None
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+        if len(fields) == 6 and fields[5].rsplit("/", 1)[-1].startswith(stem + ".so"):
+            return fields[5]
+    return None
+
+
+def host_func_launcher() -> Callable[[int, object], int]:
+    """launch(stream_handle, HOST_FN) -> CUDA error code: the driver's cuLaunchHostFunc (libcuda.so.1,
+    the one driver of the machine), else cudaLaunchHostFunc of the CUDA runtime torch itself loaded.
+    Never a libcudart found on the library path: it may be another CUDA version than torch's."""
+    global _LAUNCH
+    if _LAUNCH is not None:
+        return _LAUNCH
+    for name, symbol in (("libcuda.so.1", "cuLaunchHostFunc"), (loaded_library("libcudart"), "cudaLaunchHostFunc")):
+        if name is None:
+            continue
+        try:
+            fn = getattr(ctypes.CDLL(name), symbol)
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_void_p, HOST_FN, ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        _LAUNCH = lambda stream, host_fn, fn=fn: fn(ctypes.c_void_p(stream), host_fn, None)  # noqa: E731
+        return _LAUNCH
+    raise HybridK2Error("CUDA graphs need the CUDA driver's cuLaunchHostFunc (libcuda.so.1); "
+                        "run with --no-cuda-graphs")
 
 
 def launch_host_func(stream: torch.cuda.Stream, fn) -> None:
-    rc = _cudart().cudaLaunchHostFunc(ctypes.c_void_p(stream.cuda_stream), fn, None)
+    rc = host_func_launcher()(stream.cuda_stream, fn)
     if rc != 0:
-        raise HybridK2Error(f"cudaLaunchHostFunc failed with CUDA error {rc}")
+        raise HybridK2Error(f"cuLaunchHostFunc failed with CUDA error {rc}")
 
 
 class GraphDecoder:
-    """Captures one graph per (session caches, capacity); replays it for every decode step."""
+    """Captures one graph per session (its caches at their capacity); replays it for every decode step."""
 
     def __init__(self, runtime):
         self.runtime = runtime
-        self.graphs: dict[tuple, tuple[StaticDecode, torch.cuda.CUDAGraph]] = {}
+        self.graphs = GraphCache(self._capture)
         self.pool = torch.cuda.graph_pool_handle()
 
     def _capture(self, caches) -> tuple[StaticDecode, "torch.cuda.CUDAGraph"]:
@@ -186,18 +239,14 @@ class GraphDecoder:
         return static, graph
 
     def decode(self, token_id: torch.Tensor, caches, start: int) -> torch.Tensor:
-        cap = ensure_allocated(caches)
-        key = (id(caches), cap, caches[0].data.data_ptr())
-        if key not in self.graphs:
-            if len(self.graphs) >= MAX_GRAPHS:
-                self.graphs.pop(next(iter(self.graphs)))
-            self.graphs[key] = self._capture(caches)
-        static, graph = self.graphs[key]
-        static.load_inputs(token_id, start)
-        graph.replay()
-        done = torch.cuda.Event()
-        done.record()
-        done.synchronize()  # releases the GIL: the host callbacks need it
+        ensure_allocated(caches)
+        static, graph = self.graphs.get(caches)
+        with self.runtime.timer.span("graph"):  # one span: no module runs in Python during a replay
+            static.load_inputs(token_id, start)
+            graph.replay()
+            done = torch.cuda.Event(blocking=True)  # the host sleeps, not spinning a core the CPU job needs
+            done.record()
+            done.synchronize()  # releases the GIL: the host callbacks need it
         if static.error is not None:
             error, static.error = static.error, None
             raise error

@@ -1,8 +1,10 @@
 """Routed experts computed on the device: hot experts kept there, and long-prompt prefill streaming.
 
 Both keep experts in their INT4 checkpoint layout on the device (nibbles + bf16 scales: 24.8 MB per K2
-expert instead of 88 MB in bf16) and dequantise one expert at a time when it is used, with the same
-pure-torch math as the reference (hybrid_k2.model.experts.routed_experts_reference).
+expert instead of 88 MB in bf16) and dequantise one expert at a time when it is used, with the one INT4
+decoder and the same expert_mlp as the reference (hybrid_k2.model.experts), in the compute dtype (bf16
+under precision="fast": the 88 MB the planner counts as expert scratch, not 176 MB of fp32), summed in
+fp32. The ids come to the host once per call (one sync per layer, not one per expert).
 
 Hot experts (`--gpu-experts N`): the N most used experts of each layer (from a profile-experts counts
 file), copied to the device at load; the CPU job skips their slots.
@@ -15,49 +17,25 @@ from __future__ import annotations
 
 import torch
 
-from hybrid_k2.errors import HybridK2Error
-from hybrid_k2.model.experts import Int4ExpertStore, routed_experts_reference
-from hybrid_k2.runtime.cpu_experts import compact_slots
+from hybrid_k2.model.experts import FIELDS, Int4ExpertStore, dequantize_expert, expert_mlp
 from hybrid_k2.runtime.transfer import Transfer
-
-FIELDS = ("gate_packed", "gate_scale", "up_packed", "up_scale", "down_packed", "down_scale")
-
-
-def expert_parts(store, e: int) -> dict[str, torch.Tensor]:
-    """Expert e's six checkpoint tensors (views) from an Int4ExpertStore or a kernel PackedExperts."""
-    if hasattr(store, "expert_tensors"):
-        return store.expert_tensors(e)
-    try:
-        return {f: getattr(store, f)[e] for f in FIELDS}
-    except AttributeError:
-        raise HybridK2Error(f"{type(store).__name__} does not expose its INT4 tensors: hot experts and device "
-                            f"prefill need them") from None
 
 
 def empty_like_store(store, n: int, device: torch.device, pin: bool = False) -> Int4ExpertStore:
     """An Int4ExpertStore of n experts shaped like `store`, on `device` (pinned host memory with pin)."""
-    out = Int4ExpertStore.__new__(Int4ExpertStore)
-    out.num_experts, out.hidden, out.intermediate = n, store.hidden, store.intermediate
-    for f, t in expert_parts(store, 0).items():
-        setattr(out, f, torch.empty((n, *t.shape), dtype=t.dtype, device=device, pin_memory=pin))
-    return out
+    return Int4ExpertStore(n, store.hidden, store.intermediate, device=device, pin_memory=pin)
 
 
 def copy_experts(dst: Int4ExpertStore, src, experts) -> None:
-    """dst slot i <- expert experts[i] of src."""
+    """dst slot i <- expert experts[i] of src (any expert store)."""
     for i, e in enumerate(experts):
-        for f, t in expert_parts(src, e).items():
-            getattr(dst, f)[i].copy_(t)
+        dst.load_expert(i, **src.expert_tensors(e))
 
 
 def host_chunk(store, c0: int, c1: int) -> Int4ExpertStore:
     """Experts c0..c1-1 of a host store as an Int4ExpertStore: views when it stacks them, else a copy."""
     if isinstance(store, Int4ExpertStore):
-        view = Int4ExpertStore.__new__(Int4ExpertStore)
-        view.num_experts, view.hidden, view.intermediate = c1 - c0, store.hidden, store.intermediate
-        for f in FIELDS:
-            setattr(view, f, getattr(store, f)[c0:c1])
-        return view
+        return store.slice(c0, c1)
     out = empty_like_store(store, c1 - c0, torch.device("cpu"))
     copy_experts(out, store, range(c0, c1))
     return out
@@ -70,19 +48,25 @@ def _local_ids(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def run_local(x: torch.Tensor, local_ids: torch.Tensor, weights: torch.Tensor, store) -> torch.Tensor | None:
-    """Reference experts on the slots that are not -1; None when there are none. -> [T, D] fp32"""
-    slots = compact_slots(local_ids, weights)
-    if slots is None:
+    """x [T, D], local_ids [T, K] (-1: not here), weights [T, K] -> [T, D] fp32 of the slots that are
+    here (None when there are none). Each expert used is decoded once, in x.dtype, where x is."""
+    ids = local_ids.cpu()  # [T, K]: the one device -> host sync of the call
+    used = torch.unique(ids[ids >= 0]).tolist()
+    if not used:
         return None
-    ids_c, w_c = slots
-    return routed_experts_reference(x, ids_c.long(), w_c, store)
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    for e in used:
+        token, slot = (i.to(x.device, non_blocking=True) for i in torch.nonzero(ids == e, as_tuple=True))
+        y = expert_mlp(x[token], *dequantize_expert(store, e, x.dtype))  # [n, D]
+        out.index_add_(0, token, y.float() * weights[token, slot, None].float())
+    return out
 
 
 class DeviceExperts:
     def __init__(self, stores: dict[int, object], hot: dict[int, tuple[int, ...]], device: torch.device):
         self.device = torch.device(device)
         self.hot = {L: tuple(es) for L, es in hot.items() if es}
-        self.stores: dict[int, Int4ExpertStore] = {}
+        self.stores: dict[int, Int4ExpertStore] = {}  # hot experts of each layer, INT4, on the device
         self.tables: dict[int, torch.Tensor] = {}
         self.ids: dict[int, torch.Tensor] = {}
         for L, es in self.hot.items():
@@ -127,7 +111,8 @@ class ExpertStreamer:
         n = self.chunk
         self._slots = [dict(dev=empty_like_store(store, n, self.device),
                             host=empty_like_store(store, n, torch.device("cpu"), pin=True),
-                            ready=torch.cuda.Event(), free=torch.cuda.Event()) for _ in range(2)]
+                            ready=torch.cuda.Event(blocking=True),  # the host waits on it
+                            free=torch.cuda.Event()) for _ in range(2)]
         self._copy_stream = torch.cuda.Stream(self.device)
 
     def _load(self, slot: int, layer: int, c0: int, c1: int) -> None:

@@ -1,7 +1,7 @@
 """Mechanism: runs a StepPlan over the model's own modules, op by op, overlapping device and CPU work.
 
-The model's plain forward (KimiK2.forward) stays the reference; this executor calls the same submodules
-(embed_tokens, self_attn, post_attention_layernorm, mlp.gate, mlp.shared_experts, norm, lm_head) in the
+The model's plain forward (KimiK2.forward) stays the reference; this executor calls the same model code
+(KimiK2.embed, Block.attention / feed_forward, MoE.route / shared / combine, norm, KimiK2.logits) in the
 order the scheduler gives, and replaces `mlp.experts` by CPU jobs (cpu_experts.py) fed through host
 staging (transfer.py), plus hot experts / streamed experts on the device (device_experts.py).
 
@@ -91,7 +91,7 @@ class Executor:
 
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:
         with self.timer.span("lm_head"):
-            return self.net.lm_head(h).float()  # [T, V]
+            return self.net.logits(h)  # [T, V]
 
     def __call__(self, ids: torch.Tensor, caches, start: int) -> torch.Tensor:
         return self.lm_head(self.hidden(ids, caches, start))
@@ -101,8 +101,7 @@ class Executor:
         net, T = self.net, ids.shape[0]
         plan = self.scheduler.plan(T)
         with self.timer.span("embed"):
-            x = net.model.embed_tokens(ids.to(net.model.embed_tokens.weight.device))
-            x = x.to(device=net.device, dtype=net.dtype)  # [T, D]
+            x = net.embed(ids)  # [T, D]
         cos, sin = net.rope.tables(start, T)
         st = _Step(plan, x, cos, sin)
         self._caches, self._start = caches, start
@@ -118,17 +117,16 @@ class Executor:
     # -- ops (names are the scheduler's) ----------------------------------------------------------------
     def _attention(self, lp: LayerPlan, block, c: _Layer, st: _Step) -> None:
         with self.timer.span("attention"):
-            st.x = st.x + block.self_attn(block.input_layernorm(st.x), self._caches[lp.layer], self._start,
-                                          st.cos, st.sin)
+            st.x = block.attention(st.x, self._caches[lp.layer], self._start, st.cos, st.sin)
 
     def _dense_mlp(self, lp, block, c, st) -> None:
         with self.timer.span("dense_mlp"):
-            st.x = st.x + block.mlp(block.post_attention_layernorm(st.x))
+            st.x = block.feed_forward(st.x)
 
     def _router(self, lp, block, c: _Layer, st) -> None:
         with self.timer.span("router"):
             c.h = block.post_attention_layernorm(st.x)  # [T, D]
-            c.ids, c.weights = block.mlp.gate(c.h)  # [T, K], [T, K]
+            c.ids, c.weights = block.mlp.route(c.h)  # [T, K], [T, K]
 
     def _to_host(self, lp: LayerPlan, block, c: _Layer, st: _Step) -> None:
         with self.timer.span("to_host"):
@@ -152,9 +150,8 @@ class Executor:
                                                  out=s["out_deferred"])
 
     def _shared_experts(self, lp, block, c: _Layer, st) -> None:
-        if block.mlp.shared_experts is not None:
-            with self.timer.span("shared_experts"):
-                c.shared = block.mlp.shared_experts(c.h)  # [T, D]
+        with self.timer.span("shared_experts"):
+            c.shared = block.mlp.shared(c.h)  # [T, D] or None
 
     def _device_experts(self, lp: LayerPlan, block, c: _Layer, st) -> None:
         with self.timer.span("device_experts"):
@@ -178,13 +175,6 @@ class Executor:
                 st.deferred_job = st.deferred_out = None
 
     def _combine(self, lp: LayerPlan, block, c: _Layer, st: _Step) -> None:
-        routed = c.routed
-        for extra in (c.dev, c.deferred):
-            if extra is not None:
-                routed = routed + extra
-        y = routed.to(st.x.dtype)  # as MoE.forward: routed in fp32, cast, then + shared
-        if c.shared is not None:
-            y = y + c.shared
-        st.x = st.x + y
+        st.x = st.x + block.mlp.combine([c.routed, c.dev, c.deferred], c.shared, st.x.dtype)
         if lp.defer:
             st.deferred_job, st.deferred_out = c.deferred_job, c.staging["out_deferred"]

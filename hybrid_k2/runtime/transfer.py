@@ -2,7 +2,8 @@
 
 On CUDA: host buffers are pinned, device -> host copies are issued on the compute stream without
 blocking (an event marks when they have landed, and the host waits for that event only right before the
-CPU job needs the data), host -> device copies from pinned memory are asynchronous too.
+CPU job needs the data; a blocking-sync event, so the waiting thread sleeps instead of busy-polling a core
+the expert kernels need), host -> device copies from pinned memory are asynchronous too.
 On CPU (device = cpu): the same calls are plain copies and the events are None, so the executor runs
 the very same code path and stays exact.
 """
@@ -25,7 +26,7 @@ class Transfer:
             dst.copy_(src)
             return None
         dst.copy_(src, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(blocking=True)  # the host waits on it: sleep, do not spin a core
         event.record()
         return event
 
