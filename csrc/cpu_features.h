@@ -17,9 +17,18 @@ struct CpuFeatures {
 
 const CpuFeatures& cpu_features();
 
-// ISA paths of the int4 MoE kernels (see isa_names() in cpu_features.cpp for the order).
+// The ISA registry: every kernel path once, the automatic choice's candidates first in their order
+// without a measurement (hybrid_k2/kernels/tuning.py measures among them). Python's lists derive
+// from it (_C.isa_registry(), hybrid_k2/kernels/isa.py).
+struct IsaInfo {
+  const char* name;
+  bool automatic;  // a candidate of the automatic choice (else only by HYBRID_K2_ISA / isa=)
+  const char* what;
+};
+const std::vector<IsaInfo>& isa_registry();
+std::vector<std::string> isa_names();  // the registry's names, in order
+
 // Empty string when `isa` can run here; otherwise the reason it cannot.
 std::string isa_unavailable_reason(const std::string& isa);
-std::vector<std::string> isa_names();
 
 }  // namespace hk2

@@ -13,6 +13,7 @@ def test_sizes_match_loaded_model(tiny_model):
     s = sizes(args)
     model = hybrid_k2.load(tiny_model, precision="fast")
     params = {n: p.numel() for n, p in model.net.named_parameters()}
+    params |= {n: b.numel() for n, b in model.net.named_buffers() if n.endswith(".weight_int8")}  # int8 on the CPU
     embed = params.pop("model.embed_tokens.weight")
     biases = sum(v for n, v in params.items() if n.endswith("e_score_correction_bias"))
     assert embed == s.embed_params

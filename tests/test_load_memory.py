@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+from hybrid_k2.runtime.int8 import QUANT_BLOCK_BYTES
+
 SCRIPT = r"""
 import json, sys, psutil, torch
 import hybrid_k2, hybrid_k2.api
@@ -15,7 +17,7 @@ model = hybrid_k2.load(sys.argv[1], precision="fast", progress=False)
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 grown = hwm - before
 stores = [l.mlp.experts.store for l in model.net.model.layers if hasattr(l.mlp, "experts")]
-kept = sum(s.nbytes for s in stores) + sum(p.numel() * p.element_size() for p in model.net.parameters())
+kept = sum(s.nbytes for s in stores) + sum(t.numel() * t.element_size() for t in [*model.net.parameters(), *model.net.buffers()])
 print(json.dumps({"grown": grown, "kept": kept}))
 """
 
@@ -25,6 +27,7 @@ def test_peak_rss_near_kept_size(make_model):
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
-    assert m["kept"] > 80e6
-    # no second copy of anything: growth within 15% of what is kept, plus a few MB of tables
-    assert m["grown"] <= 1.15 * m["kept"] + 16e6, m
+    assert m["kept"] > 60e6  # fast on the CPU keeps the linears in int8 (half of bf16)
+    # no second copy of anything: growth within 15% of what is kept, plus a few MB of tables and the
+    # fp32 temporaries of quantising one block of rows to int8 (runtime/int8.py)
+    assert m["grown"] <= 1.15 * m["kept"] + 16e6 + 4 * QUANT_BLOCK_BYTES, m

@@ -22,7 +22,7 @@ const MoeKernels* kernels_for(const std::string& isa) {
   const MoeKernels* k = nullptr;
   if (isa == "scalar") k = kernels_scalar();
   if (isa == "avx2") k = kernels_avx2();
-  if (isa == "avx512") k = cpu_features().avx512vnni ? kernels_avx512_vnni() : kernels_avx512();
+  if (isa == "avx512") k = kernels_avx512();
   if (isa == "avx512vnni") k = kernels_avx512_vnni();
   if (isa == "avx512bf16") k = kernels_avx512bf16();
   if (isa == "amx") k = kernels_amx();
@@ -110,6 +110,11 @@ void register_int4_moe(py::module_& m) {
 
   m.def("isa_unavailable_reason", &isa_unavailable_reason);
   m.def("isa_names", &isa_names);
+  m.def("isa_registry", [] {
+    py::list out;
+    for (const IsaInfo& i : isa_registry()) out.append(py::make_tuple(i.name, i.automatic, i.what));
+    return out;
+  });
   m.def("built_isas", [] {
     std::vector<std::string> out;
     for (const std::string& isa : isa_names()) {

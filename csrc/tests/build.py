@@ -43,9 +43,9 @@ def missing_tools() -> str | None:
 
 
 def _kernel_sources() -> list[str]:
-    srcs = glob.glob(os.path.join(CSRC, "int4_moe", "*.cpp")) + [
-        os.path.join(CSRC, "thread_pool.cpp"), os.path.join(CSRC, "cpu_features.cpp")]
-    return sorted(s for s in srcs if not s.endswith("int4_moe_py.cpp"))
+    srcs = glob.glob(os.path.join(CSRC, "int4_moe", "*.cpp")) + glob.glob(os.path.join(CSRC, "int8_linear", "*.cpp")) \
+        + [os.path.join(CSRC, "thread_pool.cpp"), os.path.join(CSRC, "cpu_features.cpp")]
+    return sorted(s for s in srcs if not s.endswith("_py.cpp"))
 
 
 def _file_flags(src: str) -> list[str]:
@@ -92,7 +92,8 @@ def build_emu() -> str:
     """Path of the `_C_emu` extension module (compiled on first use)."""
     import pybind11
 
-    srcs = _kernel_sources() + [os.path.join(CSRC, "int4_moe", "int4_moe_py.cpp"), os.path.join(CSRC, "bindings.cpp")] \
+    srcs = _kernel_sources() + [os.path.join(CSRC, "int4_moe", "int4_moe_py.cpp"),
+                                os.path.join(CSRC, "int8_linear", "int8_linear_py.cpp"), os.path.join(CSRC, "bindings.cpp")] \
         + sorted(glob.glob(os.path.join(CSRC, "bench", "*.cpp")))
     common = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-DHK2_EMULATE", "-DHK2_MODULE_NAME=_C_emu",
               f"-I{CSRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]

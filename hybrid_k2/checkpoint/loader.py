@@ -106,10 +106,10 @@ class Loader:
             w = self.reader.get(f"{name}.weight", shape=(out_f, in_f), dtype=FLOAT_DTYPES)
             self.used.add(f"{name}.weight")
         if self.placement is not None and net is not None and name in self.placement.int8_linears:
-            from hybrid_k2.runtime.int8 import Int8Linear  # swapped in from outside the model
+            from hybrid_k2.runtime.int8 import make_int8_linear  # swapped in from outside the model
 
             parent, _, child = name.rpartition(".")
-            setattr(net.get_submodule(parent), child, Int8Linear.from_weight(w, device=self.device, dtype=self.dtype))
+            setattr(net.get_submodule(parent), child, make_int8_linear(w, device=self.device, dtype=self.dtype))
             return
         module.weight = nn.Parameter(w.to(device=self.device, dtype=self.dtype), requires_grad=False)
 
@@ -137,8 +137,11 @@ class Loader:
                 steps.append((name, lambda n=name, m=module: self.load_param(
                     m, "weight", f"{n}.weight", device=self.device, dtype=self.dtype)))
             elif type(module).__name__ == "Router":
-                steps.append((name, lambda n=name, m=module: (
-                    self.load_param(m, "weight", f"{n}.weight", device=self.device, dtype=self.dtype),
+                # On the CPU the router's weight is kept in fp32, the dtype it computes in: no per-step
+                # conversion of the whole [E, D] matrix (on a GPU the conversion is cheap beside the bytes).
+                router_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+                steps.append((name, lambda n=name, m=module, rd=router_dtype: (
+                    self.load_param(m, "weight", f"{n}.weight", device=self.device, dtype=rd),
                     self.load_param(m, "e_score_correction_bias", f"{n}.e_score_correction_bias",
                                     device=self.device, dtype=torch.float32))))
         for layer, store in sorted(stores.items()):

@@ -76,7 +76,7 @@ def moe_submit(*, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tens
     isa: force a kernel path (default: $HYBRID_K2_ISA, else the fastest this CPU has)."""
     _check(x, expert_ids, weights, experts, precision, threads, out)
     _C = experts._module
-    path = resolve_isa(isa, _C)
+    path = resolve_isa(isa, _C, tokens=x.shape[0])
     x = x.contiguous()
     expert_ids = expert_ids.contiguous()
     weights = weights.contiguous()

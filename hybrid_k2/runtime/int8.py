@@ -5,6 +5,11 @@ Per output channel o: scale[o] = max_k |W[o, k]| / 127 and q[o, k] = round(W[o, 
 dtype: y = (x @ q^T) * scale, with q cast to the activation dtype on the fly. `weight` gives the
 dequantised matrix for code that reads it directly (MLA's absorbed decode folds kv_b_proj.weight).
 Swapped in from outside the model (by the loader, following the placement), like any speed-up.
+
+On device = cpu with the C++ kernels built, CpuInt8Linear runs the same weights through the project's
+CPU kernels (hybrid_k2/kernels/int8_linear.py: fp32 activations, AVX2 GEMV for decode reading each weight
+byte once per token, a blocked GEMM for prefill) on the pool the routed experts use; Int8Linear's torch
+forward stays its reference.
 """
 from __future__ import annotations
 
@@ -13,13 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 
 BLOCK_BYTES = 64 * 2**20  # largest dequantised weight block alive at once (the planner counts it)
+QUANT_BLOCK_BYTES = 4 * 2**20  # fp32 rows quantised at once while loading
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [out, in] -> (q [out, in] int8, scale [out] fp32), symmetric per output channel."""
-    wf = w.float()
-    scale = (wf.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # [out]
-    q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    """w [out, in] -> (q [out, in] int8, scale [out] fp32), symmetric per output channel.
+
+    In blocks of rows, so that the fp32 temporaries stay near QUANT_BLOCK_BYTES (lm_head in fp32 would
+    be 4.7 GB for K2, loading must not need it)."""
+    out_f, in_f = w.shape
+    q = torch.empty(out_f, in_f, dtype=torch.int8, device=w.device)
+    scale = torch.empty(out_f, dtype=torch.float32, device=w.device)
+    rows = max(1, QUANT_BLOCK_BYTES // (4 * max(1, in_f)))
+    for o0 in range(0, out_f, rows):
+        wf = w[o0:o0 + rows].float()  # [rows, in]
+        s = (wf.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # [rows]
+        q[o0:o0 + rows] = torch.round(wf / s[:, None]).clamp_(-127, 127)  # (wf may be w itself: no in-place)
+        scale[o0:o0 + rows] = s
     return q, scale
 
 
@@ -57,3 +72,36 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 per-channel"
+
+
+class CpuInt8Linear(Int8Linear):
+    """Int8Linear on the CPU kernels. `threads` (the runtime's kernel pool size) and `gemm_min_tokens`
+    (the GEMV/GEMM crossover, kernels/tuning.py) are set by the runtime after loading."""
+
+    threads: int | None = None
+    gemm_min_tokens: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        from hybrid_k2.kernels.int8_linear import DEFAULT_GEMM_MIN_TOKENS, int8_linear
+
+        y = int8_linear(x=x.reshape(-1, self.in_features), q=self.weight_int8, scale=self.weight_scale,
+                        threads=self.threads, gemm_min_tokens=self.gemm_min_tokens or DEFAULT_GEMM_MIN_TOKENS)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)  # [T, out] fp32 -> x's dtype
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", CPU kernels"
+
+
+def kernels_built() -> bool:
+    try:
+        from hybrid_k2 import _C
+
+        return hasattr(_C, "int8_linear")
+    except ImportError:
+        return False
+
+
+def make_int8_linear(w: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> Int8Linear:
+    """POLICY: the CPU kernels where the weights live in host RAM and they are built, else the torch path."""
+    cls = CpuInt8Linear if torch.device(device).type == "cpu" and kernels_built() else Int8Linear
+    return cls.from_weight(w, device=device, dtype=dtype)

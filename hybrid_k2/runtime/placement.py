@@ -10,6 +10,9 @@ expert's nine tensors), decides. Targets:
                so `*=device-int8` means "every GPU-side linear in int8".
 A routed expert placed on `device` is kept there (INT4, dequantised when used) and the CPU skips it.
 Overrides from the CLI (`--place PATTERN=TARGET`) go before the default policy, in the order given.
+On device = cpu in precision "fast" with the kernels built, the runtime adds CPU_INT8_RULES before the
+final `*=device` (with_cpu_int8): the device side's linears run as int8 on the CPU kernels, at half the
+bytes per token; `--place '*=device'` keeps them in bf16.
 """
 from __future__ import annotations
 
@@ -55,6 +58,12 @@ DEFAULT_RULES = (
 )
 
 
+# device=cpu, precision="fast": every GPU-side linear in int8 on the CPU kernels (runtime/int8.py), but
+# kv_b_proj: MLA's absorbed decode reads its weight matrix directly (an int8 one would be dequantised
+# every step).
+CPU_INT8_RULES = (Rule("*.kv_b_proj", "device"), Rule("*", "device-int8"))
+
+
 def parse_rule(text: str) -> Rule:
     pattern, sep, target = text.rpartition("=")
     if not sep or not pattern.strip():
@@ -74,6 +83,13 @@ class Placement:
         """`--place` rules go first (first match wins), in the order given."""
         extra = tuple(parse_rule(o) if isinstance(o, str) else o for o in (overrides or ()))
         return Placement(extra + self.rules)
+
+    def with_cpu_int8(self) -> "Placement":
+        """CPU_INT8_RULES before the final catch-all `*=device` (after any --place rules); unchanged when
+        the rules do not end with it (a custom policy decides for itself)."""
+        if not self.rules or self.rules[-1] != Rule("*", "device"):
+            return self
+        return Placement(self.rules[:-1] + CPU_INT8_RULES + self.rules[-1:])
 
     def target(self, name: str, *, linear: bool = False) -> str:
         """Where tensor `name` goes. `linear`: it is a GPU-side Linear weight (device-int8 applies)."""

@@ -54,7 +54,7 @@ def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.devi
                             f"({args.num_experts_per_tok})")
     backend = choose_backend(config.experts_backend)
     hot = config.hot_experts({L: args.n_routed_experts for L in range(args.num_hidden_layers) if args.is_moe_layer(L)})
-    placement = resolve(args, config.placement, hot)
+    placement = resolve(args, device_placement(config, device, precision, backend), hot)
     gpu_mem = config.gpu_mem if config.gpu_mem is not None else available_gpu_memory(device)
     ram = config.ram if config.ram is not None else available_ram()
     if config.ctx is not None and config.ctx > args.max_position_embeddings:
@@ -74,6 +74,16 @@ def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.devi
         plan = make_plan(args, placement, replace(options, ctx=plan.max_context))
     check_plan(plan)
     return Prepared(args, config, placement, backend, plan, device, precision)
+
+
+def device_placement(config: RuntimeConfig, device: torch.device, precision: str, backend: str):
+    """POLICY: on device = cpu in precision "fast" with the kernels built, the device side's linears go
+    int8 on the CPU kernels (placement.CPU_INT8_RULES); "exact" keeps the fp32 torch path unchanged."""
+    from hybrid_k2.runtime.int8 import kernels_built
+
+    if device.type == "cpu" and precision == "fast" and backend == "kernel" and kernels_built():
+        return config.placement.with_cpu_int8()
+    return config.placement
 
 
 def torch_threads_for(config: RuntimeConfig, device: torch.device, backend: str) -> int | None:
@@ -114,6 +124,7 @@ class Runtime:
             for layer in net.model.layers:
                 if hasattr(layer.mlp, "experts"):
                     layer.mlp.experts.impl = self._module_impl(layer.layer)
+        self._configure_cpu_linears()
         self.runner = self.executor if self.config.executor == "hybrid" else net
         self.graphs = None  # CUDA-graph decode: eager executor for what graphs do not cover (cuda_graph.py)
         if (net.device.type == "cuda" and self.config.cuda_graphs and self.config.executor == "hybrid"
@@ -121,6 +132,17 @@ class Runtime:
             from hybrid_k2.runtime.cuda_graph import GraphDecoder
 
             self.graphs = GraphDecoder(self)
+
+    def _configure_cpu_linears(self) -> None:
+        """The device side's int8 linears on the CPU share the experts' kernel pool (same size: one pool)."""
+        from hybrid_k2.kernels.tuning import gemm_min_tokens
+        from hybrid_k2.runtime.int8 import CpuInt8Linear
+
+        crossover = None
+        for m in self.net.modules():
+            if isinstance(m, CpuInt8Linear):
+                crossover = crossover or gemm_min_tokens(threads=self.threads)
+                m.threads, m.gemm_min_tokens = self.threads, crossover
 
     def _module_impl(self, layer: int):
         def impl(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -156,6 +178,7 @@ class Runtime:
             self.executor.scheduler = self.scheduler
         if cpu_threads is not None:
             self.threads = self.cpu.threads = cpu_threads
+            self._configure_cpu_linears()
 
     # -- measurement --------------------------------------------------------------------------------
     def set_timer(self, timer: PhaseTimer | None) -> None:
