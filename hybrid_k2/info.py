@@ -157,6 +157,13 @@ def print_info(model: Path | None) -> None:
     console.print(f"KV cache: {kv_bytes_per_token(a):,} B per token (bf16 latent, {a.kv_dim} values x "
                   f"{a.num_hidden_layers} layers)")
     console.print(f"decode reads {_gb(decode_expert_bytes_per_token(a))} of routed experts per token")
+    try:
+        from hybrid_k2.kernels.tuning import describe
+
+        for line in describe():
+            console.print(line, highlight=False)
+    except ImportError:  # kernels not built: the torch reference runs the experts
+        console.print("kernels: not built (the pure-torch reference runs the routed experts)")
     if reader is None:
         console.print(f"loader findings: not checked: no weights in {path} (sizes above are from config.json; "
                       "whether every tensor is present with the right shape and dtype needs the safetensors "

@@ -28,3 +28,4 @@ def test_info_command(tiny_model):
     assert r.returncode == 0, r.stderr
     assert "routed experts" in r.stdout and "KV cache: 240 B per token" in r.stdout
     assert "loader findings: none" in r.stdout
+    assert "kernels: routed experts on" in r.stdout and "tuning.json" in r.stdout  # the measured choice

@@ -30,7 +30,8 @@ from hybrid_k2.profiling import PhaseTimer
 CONCURRENT = ("cpu_experts",)  # phases that overlap others when the executor runs them on a worker
 
 
-def _hook_phase(name: str, module, moe_layers: set[int]) -> str | None:
+def phase_of_module(name: str, moe_layers: set[int]) -> str | None:
+    """The phase a checkpoint-named module's forward belongs to (None: not a phase's own module)."""
     parts = name.split(".")
     if name == "model.embed_tokens":
         return "embed"
@@ -104,7 +105,7 @@ class ModuleHooks:
         self.timer, self.handles = timer, []
         sync = torch.cuda.synchronize if net.device.type == "cuda" else None
         for name, module in net.named_modules():
-            phase = _hook_phase(name, module, moe_layers)
+            phase = phase_of_module(name, moe_layers)
             if phase is None:
                 continue
             starts: list[float] = []

@@ -64,7 +64,8 @@ def breakdown_table(doc: dict) -> tuple[list[str], list[list[str]]]:
                 continue
             where = ph["where"]
             tag = " (overlaps)" if ph["concurrent"] else f" ({ph['share']:.0%})"
-            cells.append(f"{ph['ms']:,.3f}{tag}")
+            rate = f", {_gb(ph['bytes'])} at {ph['gbps']:,.1f} GB/s" if "gbps" in ph else ""
+            cells.append(f"{ph['ms']:,.3f}{tag}{rate}")
         rows.append([n if n != "python" else "python overhead", where] + cells)
     rows.append(["step (sum of serial phases)", ""] + [f"{b['sum_ms']:,.3f}" for b in profiles])
     rows.append(["step from tg tok/s", ""] + [f"{b['tg_step_ms']:,.3f}" for b in profiles])
@@ -73,9 +74,16 @@ def breakdown_table(doc: dict) -> tuple[list[str], list[list[str]]]:
 
 def summary_lines(doc: dict) -> list[str]:
     out = []
-    for e, r in zip(doc["experts"], doc["roofline"]):
+    for e, r, b in zip(doc["experts"], doc["roofline"], doc["breakdown"]):
         c = r["ceiling"]
         where = f"t{e['threads']} d{e['depth']}"
+        dev = [ph for ph in b["phases"] if "gbps" in ph]
+        if dev:
+            total_b, total_ms = sum(ph["bytes"] for ph in dev), sum(ph["ms"] for ph in dev)
+            gbps = total_b / total_ms / 1e6 if total_ms > 0 else 0.0
+            out.append(f"[{where}] device side: {_gb(total_b)}/token in {total_ms:,.3f} ms = {gbps:,.1f} GB/s = "
+                       f"{gbps / e['bandwidth_read_gbps']:.1%} of the read bandwidth ("
+                       + ", ".join(f"{ph['name']} {ph['gbps']:,.1f}" for ph in dev) + " GB/s)")
         out.append(f"[{where}] routed experts: {e['experts_per_token']:.1f} experts/token = {_gb(e['bytes_per_token'])}"
                    f"/token; cpu_experts phase {_n(e['gbps'])} GB/s = "
                    f"{'n/a' if e['fraction_of_bandwidth'] is None else format(e['fraction_of_bandwidth'], '.1%')} "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hybrid_k2.bench.options import BenchOptions
-from hybrid_k2.bench.roofline import Ceiling, device_weight_bytes, kv_read_bytes, projection
+from hybrid_k2.bench.roofline import Ceiling, device_weight_bytes, kv_read_bytes, phase_weight_bytes, projection
 from hybrid_k2.bench.runner import Measurement, RunData, StepProfile
 from hybrid_k2.bench.stats import Summary, rates
 from hybrid_k2.info import decode_expert_bytes_per_token, kv_bytes_per_token, routed_bytes_per_expert, sizes
@@ -31,7 +31,18 @@ def result_row(m: Measurement) -> dict:
             "tokens": m.tokens, "unit": "tokens/s", **s.to_dict(), "seconds": list(m.seconds)}
 
 
-def breakdown_row(p: StepProfile, tg_row: dict) -> dict:
+def phase_bytes(p: StepProfile, model) -> dict[str, float]:
+    """Bytes per token each device-side phase reads: its weights as loaded, plus (attention) the latent
+    KV at the run's mean context. With device = cpu they come from host memory, like the experts'."""
+    out: dict[str, float] = dict(phase_weight_bytes(model.net))
+    if "attention" in out:
+        out["attention"] += kv_read_bytes(model.args, p.context_sum / p.steps, model.net.dtype.itemsize,
+                                          model.kv_dtype)
+    return out
+
+
+def breakdown_row(p: StepProfile, tg_row: dict, nbytes: dict[str, float] | None = None) -> dict:
+    nbytes = nbytes or {}
     phases = dict(p.phases_s)
     serial = sum(s for name, s in phases.items() if name not in p.concurrent)
     phases["python"] = p.wall_s - serial  # may be < 0 only if phases were double counted: kept visible
@@ -39,6 +50,10 @@ def breakdown_row(p: StepProfile, tg_row: dict) -> dict:
     names = [n for n in PHASE_ORDER if n in phases] + sorted(n for n in phases if n not in PHASE_ORDER)
     rows = [{"name": n, "ms": phases[n] / p.steps * 1e3, "share": phases[n] / p.wall_s if p.wall_s else 0.0,
              "concurrent": n in p.concurrent, "where": WHERE.get(n, "other")} for n in names]
+    for r in rows:
+        if r["name"] in nbytes and phases[r["name"]] > 0:
+            r["bytes"] = nbytes[r["name"]]  # per token
+            r["gbps"] = nbytes[r["name"]] * p.steps / phases[r["name"]] / 1e9
     return {"depth": p.depth, "threads": p.threads, "mode": p.mode, "steps": p.steps, "step_ms": step_ms,
             "tg_step_ms": 1e3 / tg_row["mean"], "phases": rows,
             "sum_ms": sum(r["ms"] for r in rows if not r["concurrent"])}
@@ -111,7 +126,7 @@ def build(opts: BenchOptions, data: RunData, model, hardware: dict, provenance: 
     breakdown, experts, roof = [], [], []
     for p in data.profiles:
         tg, bw = tg_rows[(p.threads, p.depth)], data.bandwidth[p.threads]
-        breakdown.append(breakdown_row(p, tg))
+        breakdown.append(breakdown_row(p, tg, phase_bytes(p, model)))
         experts.append(experts_row(p, model.args, bw))
         roof.append(roofline_row(p, model, bw, tg, gpu_gbps))
     proj = None

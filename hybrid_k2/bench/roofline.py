@@ -57,6 +57,23 @@ def device_weight_bytes(net) -> int:
     return total
 
 
+def phase_weight_bytes(net) -> dict[str, int]:
+    """Weight bytes each device-side phase reads per decode step, as loaded (int8 linears at 1 B + their
+    scales): the modules the phase names cover (bench/instrument.py's mapping), routed experts excluded."""
+    from hybrid_k2.bench.instrument import phase_of_module
+
+    moe = {L for L in range(net.args.num_hidden_layers) if net.args.is_moe_layer(L)}
+    out: dict[str, int] = {}
+    for name, module in net.named_modules():
+        phase = phase_of_module(name, moe)
+        if phase is None or phase in ("cpu_experts", "embed"):
+            continue
+        n = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
+                if t.device.type != "meta")
+        out[phase] = out.get(phase, 0) + n
+    return out
+
+
 def kv_read_bytes(args: ModelArgs, context: float, dtype_bytes: int, kv_dtype: str = "auto") -> float:
     """Latent cache bytes one decode step reads at `context` positions (absorbed MLA reads them all)."""
     return kv_bytes_per_token(args, dtype_bytes, kv_dtype) * context

@@ -57,15 +57,21 @@ def measure_crossover(*, threads: int, out_features: int = 1024, in_features: in
         times[T] = {kind: _best_seconds(lambda m=m: int8_linear(x=x, q=q, scale=scale, out=out, threads=threads,
                                                                 gemm_min_tokens=m))
                     for kind, m in (("gemv", 10**9), ("gemm", 1))}
-    crossover = CROSSOVER_TOKENS[-1] * 2
-    for T in reversed(CROSSOVER_TOKENS):
-        if times[T]["gemm"] < times[T]["gemv"]:
-            crossover = T
-        else:
-            break
-    return {"int8_gemm_min_tokens": crossover,
+    return {"int8_gemm_min_tokens": crossover_from(times),
             "int8_ms": {str(T): {k: round(v * 1e3, 4) for k, v in d.items()} for T, d in times.items()},
             "int8_shape": [out_features, in_features]}
+
+
+def crossover_from(times: dict[int, dict[str, float]]) -> int:
+    """The first T from which GEMM wins at every larger T measured; twice the largest T measured when
+    GEMV wins at the largest (GEMV throughout the measured range)."""
+    Ts = sorted(times)
+    crossover = Ts[-1] * 2
+    for T in reversed(Ts):
+        if times[T]["gemm"] >= times[T]["gemv"]:
+            break
+        crossover = T
+    return crossover
 
 
 def measure_isas(candidates: list[str], *, threads: int) -> dict:
@@ -135,3 +141,24 @@ def auto_isa(*, threads: int, tokens: int | None) -> str:
     """The measured fastest path for decode (tokens < PREFILL_TOKENS / 4, or unknown) or prefill."""
     phase = "prefill" if tokens is not None and tokens >= PREFILL_TOKENS // 4 else "decode"
     return tuning(threads)["isa"][phase]
+
+
+def describe(*, threads: int | None = None) -> list[str]:
+    """Lines for `hybrid-k2 info`: the paths this CPU runs and what the automatic choice picked."""
+    from hybrid_k2 import _C
+    from hybrid_k2.kernels.isa import ISA_ENV, available_isas
+
+    n = threads or _C.default_threads()
+    t = tuning(n)
+    how = f"cached from {t['measured_at']}" if t.get("cached") else "measured now"
+    lines = [f"kernels: {t['cpu_model']}; paths here: {', '.join(available_isas())}; automatic candidates: "
+             f"{', '.join(t['candidates'])}",
+             f"kernels: routed experts on {t['isa']['decode']} (decode) / {t['isa']['prefill']} (prefill); "
+             f"device-side int8 linears: GEMM from {t['int8_gemm_min_tokens']} tokens, GEMV below "
+             f"({n} threads, {how}, {cache_file()})"]
+    for isa, ms in t.get("isa_ms", {}).items():
+        lines.append(f"kernels:   {isa}: decode {ms['decode']:.3f} ms, prefill {ms['prefill']:.3f} ms")
+    forced = os.environ.get(ISA_ENV)
+    if forced:
+        lines.append(f"kernels: {ISA_ENV}={forced} forces the path")
+    return lines
