@@ -97,3 +97,22 @@ def test_gpu_probe_fits_what_is_free():
     assert gpu_probe_bytes(1024, 80 * 10**9) == 1024 * 10**6  # plenty free: the full 1 GB
     assert gpu_probe_bytes(1024, 2 * 10**9) == 250 * 10**6  # a full device: an eighth of what is left
     assert gpu_probe_bytes(1024, 0) == 0
+
+
+def test_device_phases_get_bytes_and_gbps():
+    p = StepProfile(depth=0, threads=1, mode="executor", steps=10, wall_s=1.0,
+                    phases_s={"attention": 0.5, "wait": 0.2, "cpu_experts": 0.4}, concurrent=("cpu_experts",))
+    ph = {x["name"]: x for x in breakdown_row(p, {"mean": 10.0}, {"attention": 2e8, "lm_head": 1e6})["phases"]}
+    assert ph["attention"]["bytes"] == 2e8 and ph["attention"]["gbps"] == pytest.approx(4.0)  # 2 GB in 0.5 s
+    assert "gbps" not in ph["wait"] and "lm_head" not in ph  # only phases that ran and read weights
+
+
+def test_phase_bytes_cover_every_device_weight(tiny_model):
+    import hybrid_k2
+    from hybrid_k2.bench.roofline import device_weight_bytes, phase_weight_bytes
+
+    model = hybrid_k2.load(tiny_model, precision="fast")
+    pb = phase_weight_bytes(model.net)
+    assert set(pb) == {"attention", "dense_mlp", "router", "shared_experts", "lm_head"}
+    assert sum(pb.values()) == device_weight_bytes(model.net)  # int8 linears counted as loaded
+    model.runtime.close()
