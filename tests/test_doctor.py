@@ -22,7 +22,7 @@ def test_doctor_json_on_this_machine():
     report = json.loads(r.stdout)
     m = report["machine"]
     assert m["physical_cores"] >= 1 and m["host_bandwidth"]["read_gbps"] > 0 and m["torch"] == torch.__version__
-    assert m["isa"]["chosen"] in ("avx2", "avx512", "amx", "scalar") and m["isa"]["why"]
+    assert m["isa"]["chosen"] in ("avx2", "avx512", "avx512vnni", "amx", "scalar") and m["isa"]["why"]
     rows = {(c["check"], c["device"]): c for c in report["checks"]}
     for check in CHECKS:
         for device in ("cpu", "cuda"):

@@ -16,20 +16,20 @@ def isa_choice() -> dict:
     """The kernel path the routed experts will run on, and why the faster ones were not chosen."""
     try:
         from hybrid_k2 import _C
-        from hybrid_k2.kernels.isa import AUTO, ISA_ENV, resolve_isa
+        from hybrid_k2.kernels.isa import ISA_ENV, resolve_isa
 
         chosen = resolve_isa()
     except Exception as e:  # kernels not built, or a refused HYBRID_K2_ISA
         return {"chosen": None, "why": f"kernels unavailable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
     forced = os.environ.get(ISA_ENV)
     skipped = {}
-    for isa in AUTO:
+    for isa in [name for name, automatic, _ in _C.isa_registry() if automatic]:  # the C++ ISA registry
         if isa == chosen:
             break
         reason = _C.isa_unavailable_reason(isa) or ("not part of this build" if isa not in _C.built_isas() else "")
         skipped[isa] = reason or "available"
     why = (f"forced by {ISA_ENV}={forced}" if forced else
-           "the fastest path this CPU and OS run" + ("" if not skipped else ": " + "; ".join(
+           "the fastest path this CPU and OS run (measured, kernels/tuning.py)" + ("" if not skipped else ": " + "; ".join(
                f"{isa}: {reason}" for isa, reason in skipped.items())))
     return {"chosen": chosen, "why": why}
 
