@@ -53,8 +53,8 @@ def file_name(fp: str, tokens) -> str:
     return h.hexdigest()[:40] + SUFFIX
 
 
-def write(folder: Path, snapshot: Snapshot, fp: str) -> FileInfo:
-    """Writes the snapshot atomically into folder; raises OSError (the folder is left as it was)."""
+def write(final: Path, snapshot: Snapshot, fp: str) -> FileInfo:
+    """Writes the snapshot atomically to the path `final`; raises OSError (the folder is left as it was)."""
     tensors = [t.contiguous() for parts in snapshot.layers for t in parts]
     ids = torch.tensor(snapshot.tokens, dtype=torch.int64)
     blobs = [_bytes(ids)] + [_bytes(t) for t in tensors]
@@ -65,8 +65,8 @@ def write(folder: Path, snapshot: Snapshot, fp: str) -> FileInfo:
                          "parts": len(snapshot.layers[0]) if snapshot.layers else 0,
                          "tensors": [[_dtype_name(t.dtype), list(t.shape)] for t in tensors],
                          "payload": sum(len(b) for b in blobs), "sha256": digest.hexdigest()}).encode()
-    final = Path(folder) / file_name(fp, snapshot.tokens)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=SUFFIX)
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(header)) + header)

@@ -21,7 +21,8 @@ from typing import Callable, Optional
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.runtime import kv_file
 from hybrid_k2.runtime.kv_file import BadCacheFile, FileInfo
-from hybrid_k2.runtime.kv_tier import Snapshot, fingerprint, offload, restore, session_nbytes
+from hybrid_k2.runtime.kv_tier import (Snapshot, fingerprint, offload, restore, restore_into, session_nbytes,
+                                       snapshot_of)
 
 log = logging.getLogger("hybrid_k2.kv")
 
@@ -77,7 +78,8 @@ class KVStore:
     def save_async(self, snapshot: Snapshot, done: Callable[[Optional[FileInfo]], None]) -> None:
         def work():
             try:
-                info = kv_file.write(self.folder, snapshot, self.fingerprint)
+                info = kv_file.write(self.folder / kv_file.file_name(self.fingerprint, snapshot.tokens), snapshot,
+                                     self.fingerprint)
             except OSError as e:
                 log.warning("KV cache: could not save %d tokens to %s (%s); the conversation stays in RAM",
                             len(snapshot), self.folder, e.strerror or e)
@@ -120,6 +122,22 @@ class KVStore:
     def _bad(self, path: Path, e: BadCacheFile) -> None:
         log.warning("KV cache: ignoring %s; removed", e)
         self.remove(path)
+
+
+def save_session(session, path: Path, model) -> int:
+    """Writes the session's cache (all its positions) to `path` (REPL /save); raises OSError."""
+    kv_file.write(path, snapshot_of(session), fingerprint(model))
+    return len(session)
+
+
+def load_session(session, path: Path, model) -> int:
+    """Replaces the session's contents by the cache saved in `path` (REPL /load); returns the tokens
+    restored. Raises BadCacheFile when the file is not this model's, is damaged or does not fit."""
+    snap = kv_file.read(path, fingerprint(model), pin=model.device.type == "cuda")
+    if len(snap) > session.max_len:
+        raise BadCacheFile(f"{path}: {len(snap)} tokens do not fit the session's context of {session.max_len}")
+    restore_into(session, snap, len(snap))
+    return len(snap)
 
 
 def _mtime(path: Path) -> float:

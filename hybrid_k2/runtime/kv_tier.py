@@ -23,6 +23,7 @@ import torch
 
 # Files of the checkpoint whose bytes decide the cache's values (besides the runtime's dtype choices).
 FINGERPRINT_FILES = ("config.json", "model.safetensors.index.json")
+SAMPLE_BYTES = 1 << 16  # read from the start, middle and end of each weights file
 
 
 @dataclass
@@ -40,12 +41,15 @@ class Snapshot:
 
 
 def fingerprint(model) -> str:
-    """sha256 of what makes two caches interchangeable: config.json, the weights index, the precision
-    and each layer's storage dtype. A file with another fingerprint is never loaded."""
+    """sha256 of what makes two caches interchangeable: config.json, the weights index, samples of the
+    weights files, the precision and each layer's storage dtype. A file with another fingerprint is
+    never loaded."""
     h = hashlib.sha256()
     for name in FINGERPRINT_FILES:
         path = Path(model.path) / name
         h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<absent>") + b"\0")
+    for shard in sorted(Path(model.path).glob("*.safetensors")):  # same config, other weights (a fine-tune)
+        h.update(shard.name.encode() + _sample(shard))
     caches = model.net.new_caches(1, model.kv_dtype)  # unallocated: only their dtypes are read
     h.update(json.dumps({"precision": model.precision, "kv_dtype": model.kv_dtype,
                          "storage": [str(c.storage) for c in caches], "kv_dim": caches[0].kv_dim if caches else 0,
@@ -53,11 +57,24 @@ def fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def _sample(path: Path, block: int = SAMPLE_BYTES) -> bytes:
+    """The size and three blocks (start, middle, end) of a weights file: reading 594 GB to tell two
+    checkpoints apart is not an option, and any retrained tensor changes these bytes."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        out = [str(size).encode()]
+        for at in (0, max(0, size // 2 - block // 2), max(0, size - block)):
+            f.seek(at)
+            out.append(f.read(block))
+    return b"".join(out)
+
+
 def session_nbytes(session) -> int:
     """Bytes the session's valid rows take as stored (what a snapshot of it will hold)."""
     return sum(c.nbytes(len(session)) for c in session.caches)
 
 
+@torch.inference_mode()
 def offload(session) -> Snapshot:
     """Copies the session's len(session) rows per layer to host memory and frees its device caches;
     the session is empty afterwards."""
@@ -78,6 +95,7 @@ def restore(snapshot: Snapshot, n: int, new_session: Callable[[], object]):
     return restore_into(new_session(), snapshot, n)
 
 
+@torch.inference_mode()  # the caches were written under inference mode
 def restore_into(session, snapshot: Snapshot, n: int):
     """Replaces the session's contents by the snapshot's first n positions; returns the session."""
     if not 0 < n <= len(snapshot):
@@ -92,6 +110,7 @@ def restore_into(session, snapshot: Snapshot, n: int):
     return session
 
 
+@torch.inference_mode()
 def snapshot_of(session, n: int | None = None) -> Snapshot:
     """A host copy of the first n positions (default all) without touching the session (REPL /save)."""
     n = len(session) if n is None else n
