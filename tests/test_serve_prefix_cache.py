@@ -159,3 +159,19 @@ def test_disk_tier_survives_a_new_cache_and_supersedes_prefixes(model, tmp_path)
     torch.testing.assert_close(logits, model.new_session().prefill(nxt, last_only=True)[-1], rtol=1e-4, atol=1e-4)
     again.release(lease)
     again.close()
+
+
+def test_disk_files_are_evicted_by_bytes_least_recent_first(model, tmp_path):
+    convs = [prompt(80 + i, 30) for i in range(4)]
+    probe = tiered(model, tmp_path / "probe", host_bytes=0)
+    run(probe, convs[0])
+    probe.close()
+    size = next((tmp_path / "probe").iterdir()).stat().st_size  # one 30-token conversation's file
+    cache = tiered(model, tmp_path / "kv", host_bytes=0, disk_bytes=int(2.5 * size))
+    for c in convs:
+        run(cache, c)
+    cache.store.flush()                                   # 3 written (the 4th is on the device): 1 too many
+    assert cache.stats().disk_files == 2 and cache.stats().disk_bytes <= 2.5 * size
+    assert run(cache, convs[0] + [1])[1] == 0             # the least recent file went
+    assert run(cache, convs[2] + [1])[1] == 30            # read back from its file
+    cache.close()

@@ -86,8 +86,10 @@ class KVStore:
                 info = None
             done(info)
 
-        if self._writer is not None:
-            self._pending = [f for f in self._pending if not f.done()] + [self._writer.submit(work)]
+        if self._writer is None:  # no folder, or closed: the snapshot simply stays in RAM
+            done(None)
+            return
+        self._pending = [f for f in self._pending if not f.done()] + [self._writer.submit(work)]
 
     def load(self, info: FileInfo) -> Optional[Snapshot]:
         try:
@@ -118,6 +120,7 @@ class KVStore:
         self.flush()
         if self._writer is not None:
             self._writer.shutdown(wait=True)
+            self._writer = None
 
     def _bad(self, path: Path, e: BadCacheFile) -> None:
         log.warning("KV cache: ignoring %s; removed", e)
