@@ -261,9 +261,9 @@ class Engine:
         lease = self.cache.acquire(plan.prompt_ids) if self.cache_enabled else None
         session = lease.session if lease else self.model.new_session(self.max_model_len)
         cached = lease.cached if lease else 0
-        log.info("request %d: %d prompt tokens, %d cached%s, %d to prefill (cache lookup %.2f s)", rid,
-                 len(plan.prompt_ids), cached, f" (from {lease.source})" if lease and lease.source else "",
-                 len(plan.prompt_ids) - cached, time.perf_counter() - t_start)
+        where = f" (from {lease.source} in {time.perf_counter() - t_start:.2f} s)" if lease and lease.source else ""
+        log.info("request %d: %d prompt tokens, %d cached%s, %d to prefill", rid, len(plan.prompt_ids), cached,
+                 where, len(plan.prompt_ids) - cached)
         constraints = self._constraints(plan)
         # With a grammar the budget lives in the constraint (it waits for a character boundary).
         budget_in_generate = plan.thinking_budget if plan.grammar is None else None
