@@ -105,3 +105,11 @@ def test_session_save_load_and_wrong_model(model, make_model, tmp_path):
     different = hybrid_k2.load(make_model(seed=1), runtime=RuntimeConfig(kv_cache_dtype=model.kv_dtype))
     with pytest.raises(BadCacheFile, match="another model"):
         load_session(different.new_session(), path, different)
+
+
+def test_unusable_folder_is_one_clear_error(model, tmp_path):
+    from hybrid_k2.errors import HybridK2Error
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(HybridK2Error, match="cannot use .* as the KV cache folder"):
+        KVStore(model, model.new_session, folder=tmp_path / "a_file" / "kv")
