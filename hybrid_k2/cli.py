@@ -203,9 +203,15 @@ def serve_cmd(
     served_model_name: str = typer.Option("kimi-k2-thinking", "--served-model-name", help="Model id clients send."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests waiting behind the running one before 429."),
     max_body_bytes: int = typer.Option(32 * 2**20, "--max-body-bytes", help="Largest request body (413 above)."),
-    prefix_cache_tokens: int = typer.Option(65536, "--prefix-cache-tokens",
-                                            help="Tokens of KV cache kept for reuse across requests (0: off)."),
-    prefix_cache_sessions: int = typer.Option(8, "--prefix-cache-sessions", help="Conversations kept cached."),
+    prefix_cache_tokens: Optional[int] = typer.Option(None, "--prefix-cache-tokens",
+                                                      help="Cap on tokens of KV kept for reuse across requests (0: no reuse; default: --kv-host-mem decides)."),
+    prefix_cache_sessions: int = typer.Option(256, "--prefix-cache-sessions", help="Conversations kept cached (device + host RAM)."),
+    kv_host_mem: Optional[str] = typer.Option(None, "--kv-host-mem",
+                                              help="Host RAM for idle conversations' KV caches, e.g. 64GiB (default: half the free RAM)."),
+    kv_cache_dir: Optional[Path] = typer.Option(None, "--kv-cache-dir",
+                                                help="Also keep conversations' KV caches in files here: they survive eviction and restarts."),
+    kv_disk_mem: Optional[str] = typer.Option(None, "--kv-disk-mem",
+                                              help="Bytes of files in --kv-cache-dir (default: half the free space there)."),
     thinking_token_budget: Optional[int] = typer.Option(None, "--thinking-token-budget",
                                                         help="Default cap on reasoning tokens (none: unbounded)."),
     reasoning_field: str = typer.Option("reasoning_content", "--reasoning-field",
@@ -217,12 +223,17 @@ def serve_cmd(
     runtime=None,
 ) -> None:
     """OpenAI- and Anthropic-compatible HTTP server with a web chat at / (docs/serve.md)."""
+    from hybrid_k2.runtime.config import parse_bytes
     from hybrid_k2.serve.engine import ServeConfig
     from hybrid_k2.serve.server import run_server
 
     device = checked_device(device, precision)
+    if prefix_cache_tokens is not None and prefix_cache_tokens < 0:
+        fail("--prefix-cache-tokens must be >= 0")
     config = ServeConfig(served_model_name=served_model_name, max_model_len=runtime.ctx,
                          cache_tokens=prefix_cache_tokens, cache_sessions=prefix_cache_sessions,
+                         kv_host_mem=parse_bytes(kv_host_mem), kv_cache_dir=kv_cache_dir,
+                         kv_disk_mem=parse_bytes(kv_disk_mem),
                          thinking_token_budget=thinking_token_budget, reasoning_field=reasoning_field)
     run_server(model=model, host=host, port=port, api_key=api_key, config=config, max_queue=max_queue,
                max_body_bytes=max_body_bytes, device=device, precision=precision, threads=threads,

@@ -53,7 +53,7 @@ class Server:
 
 
 @contextmanager
-def run_server(model_dir: Path, tmp_dir: Path, *extra: str, api_key: str | None = API_KEY):
+def run_server(model_dir: Path, tmp_dir: Path, *extra: str, api_key: str | None = API_KEY, preexec_fn=None):
     port = free_port()
     log = tmp_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "hybrid_k2.cli", "serve", "--model", str(model_dir), "--port", str(port),
@@ -62,7 +62,7 @@ def run_server(model_dir: Path, tmp_dir: Path, *extra: str, api_key: str | None 
         cmd += ["--api-key", api_key]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn)
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + 120

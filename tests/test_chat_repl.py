@@ -230,3 +230,29 @@ def test_tools_file_formats(tmp_path):
     with pytest.raises(HybridK2Error, match="tools file not found"):
         load_tools(tmp_path / "none.json")
     assert re.match(r"^\[", json.dumps(bare))
+
+
+def test_save_load_keeps_the_kv_cache(engine, tmp_path):
+    conv = tmp_path / "conv.json"
+    live, out = repl_with(engine, f"hello there\n/save {conv}\nand a second question\n")
+    live_turns = [tuple(map(int, m)) for m in re.findall(STATS, out)]
+    assert (tmp_path / "conv.json.kv").is_file() and "and its KV cache (" in out
+
+    repl = Repl(engine, stdin=io.StringIO(f"/load {conv}\nand a second question\n"), stdout=io.StringIO(),
+                params=SamplingParams(max_tokens=3, seed=0))
+    prefilled, real = [], repl.session.prefill
+    repl.session.prefill = lambda ids, **kw: prefilled.append(len(ids)) or real(ids, **kw)  # counts only
+    assert repl.run() == 0
+    stats = repl.last_stats
+    # The loaded conversation is not prefilled again: the turn reuses exactly what the live one did.
+    assert stats.cached_tokens == live_turns[1][1] > 0
+    assert prefilled == [stats.prompt_tokens - stats.cached_tokens]
+    assert repl.messages == live.messages
+    # A damaged cache file is ignored with a warning: the turn prefills everything, answers the same.
+    data = bytearray((tmp_path / "conv.json.kv").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "conv.json.kv").write_bytes(bytes(data))
+    repl, out = repl_with(engine, f"/load {conv}\nand a second question\n")
+    assert "warning: ignoring the saved KV cache" in out and "checksum" in out
+    assert repl.last_stats.cached_tokens == 0
+    assert repl.messages == live.messages

@@ -35,7 +35,7 @@ HELP = """commands:
   /system [TEXT]      set the system prompt (no TEXT: back to the model's default)
   /think on|off       show or hide the model's thinking
   /set NAME VALUE     sampling: temperature top_p top_k min_p max_tokens seed thinking_budget (VALUE none: unset)
-  /save FILE          write the conversation as JSON;  /load FILE  read one back
+  /save FILE          write the conversation as JSON (its KV cache to FILE.kv);  /load FILE  read both back
   /stats              token counts and speeds
   /exit               leave (also Ctrl-D)
 input: end a line with \\ to continue it, or wrap several lines in \"\"\" ... \"\"\"; Ctrl-C stops an answer."""
@@ -284,7 +284,15 @@ class Repl:
             Path(arg).expanduser().write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise HybridK2Error(f"cannot write {arg}: {e.strerror or e}") from None
-        self.term.line(f"[saved {len(self.messages)} messages to {arg}]", "dim")
+        kv = ""
+        if len(self.session) > 0 and hasattr(self.engine, "model"):
+            from hybrid_k2.runtime.kv_store import save_session
+
+            try:  # the KV cache beside it, so that /load does not prefill the conversation again
+                kv = f" and its KV cache ({save_session(self.session, kv_path(arg), self.engine.model)} tokens)"
+            except OSError as e:
+                self.term.line(f"warning: the KV cache was not saved ({e.strerror or e})", "error")
+        self.term.line(f"[saved {len(self.messages)} messages{kv} to {arg}]", "dim")
 
     def cmd_load(self, arg: str) -> None:
         if not arg:
@@ -295,7 +303,17 @@ class Repl:
         if isinstance(data, dict) and isinstance(data.get("system"), str):
             self.system = data["system"]
         self.messages = [dict(m) for m in messages]
-        self.term.line(f"[loaded {len(self.messages)} messages from {arg}]", "dim")
+        kv = ""
+        if kv_path(arg).is_file() and hasattr(self.engine, "model"):
+            from hybrid_k2.runtime.kv_file import BadCacheFile
+            from hybrid_k2.runtime.kv_store import load_session
+
+            try:  # the next turn prefills only what the saved cache does not hold
+                kv = f" and their KV cache ({load_session(self.session, kv_path(arg), self.engine.model)} tokens)"
+            except BadCacheFile as e:
+                self.session.truncate(0)
+                self.term.line(f"warning: ignoring the saved KV cache: {e}", "error")
+        self.term.line(f"[loaded {len(self.messages)} messages{kv} from {arg}]", "dim")
 
     def cmd_stats(self, arg: str) -> None:
         t = self.totals
@@ -309,6 +327,11 @@ class Repl:
         p = self.params
         self.term.line(f"sampling: temperature {p.temperature} top_p {p.top_p} top_k {p.top_k} min_p {p.min_p} "
                        f"max_tokens {p.max_tokens} seed {p.seed} thinking_budget {p.thinking_budget}")
+
+
+def kv_path(conversation_file: str) -> Path:
+    """Where /save puts the KV cache of the conversation saved to conversation_file."""
+    return Path(conversation_file + ".kv").expanduser()
 
 
 def _setup_readline():

@@ -7,7 +7,8 @@ conversation.py       OpenAI messages -> template messages (tool-call id rewriti
 anthropic.py          Anthropic request -> the equivalent OpenAI request; answer -> content blocks and events
 grammar.py            llguidance grammars: JSON schema, K2 tool-call section; masks off the decode thread
 constraints.py        grammar + thinking budget composed into one logits mask
-prefix_cache.py       LRU of Sessions; longest-common-prefix reuse across requests
+prefix_cache.py       longest-common-prefix reuse across requests; conversations on the device, in host
+                      RAM and on disk (the copies: runtime/kv_store.py)
 scheduler.py          FIFO of jobs on the single model thread; queue limit; cancellation
 engine.py             one request end to end on the model thread: prefill, decode, parse, events
 answer.py             parser deltas -> one answer (parts, streamed pieces), shared by both APIs

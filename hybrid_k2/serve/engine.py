@@ -9,6 +9,7 @@ constraint, and emits the parser's deltas as they come.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ log = logging.getLogger("hybrid_k2.serve")
 
 MAX_PARALLEL_CALLS = 8     # tool calls one constrained answer may hold
 PREFILL_SLICE = 256        # prompt tokens per prefill call: the cancel check granularity
+PROGRESS_EVERY = 8         # prefill slices between two progress lines in the log (2,048 tokens)
 MAX_STOP_STRINGS = 8
 # tool_choice required / named: reasoning ends (a `</think>` is forced) once it has used all of
 # max_tokens but this reserve, so the forced call fits: half of max_tokens, at most FORCED_CALL_RESERVE.
@@ -44,8 +46,11 @@ MIN_PREFIX_REUSE = 16
 class ServeConfig:
     served_model_name: str = "kimi-k2-thinking"
     max_model_len: Optional[int] = None         # default: the planned context (--ctx)
-    cache_tokens: int = 65536                   # prefix cache budget (tokens of KV kept idle)
-    cache_sessions: int = 8
+    cache_tokens: Optional[int] = None          # cap on tokens of KV kept idle (None: bytes decide; 0: no cache)
+    cache_sessions: int = 256                   # conversations kept (device + host RAM)
+    kv_host_mem: Optional[int] = None           # bytes of idle conversations in host RAM (None: half the free RAM)
+    kv_cache_dir: Optional[Path] = None         # disk tier: conversations survive eviction and restarts
+    kv_disk_mem: Optional[int] = None           # bytes of files there (None: half the free disk space)
     thinking_token_budget: Optional[int] = None  # server default; a request may set its own
     reasoning_field: str = "reasoning_content"   # "reasoning_content" | "reasoning" | "both"
     default_temperature: Optional[float] = None  # None: generation_config.json, else 1.0
@@ -81,12 +86,12 @@ class Engine:
         self.default_top_p = _first(config.default_top_p, gen.get("top_p"), 1.0)
         # generation_config.json's eos_token_id ends an answer too, as in the REPL (chat/engine.py).
         self.stop_ids = tokenizer.stop_ids | eos_ids(gen, tokenizer.vocab_size)
-        self.cache = PrefixCache(lambda: model.new_session(self.max_model_len), max_tokens=max(1, config.cache_tokens),
-                                 max_sessions=max(1, config.cache_sessions), min_reuse=MIN_PREFIX_REUSE)
-        self.cache_enabled = config.cache_tokens > 0
+        self.cache_enabled = config.cache_tokens != 0
+        self.cache = self._prefix_cache(config) if self.cache_enabled else None
         self._grammars: Optional[GrammarCompiler] = None
         self._grammar_lock = threading.Lock()
         self.created = int(time.time())
+        self._request_ids = itertools.count(1)
 
     # --- model facts ---------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
@@ -98,12 +103,37 @@ class Engine:
             raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.served_model_name}'",
                            param="model", code="model_not_found")
 
+    def _prefix_cache(self, config: ServeConfig) -> PrefixCache:
+        from hybrid_k2.runtime.kv_store import KVStore
+
+        def new_session():
+            return self.model.new_session(self.max_model_len)
+
+        store = KVStore(self.model, new_session, folder=config.kv_cache_dir)
+        host = config.kv_host_mem if config.kv_host_mem is not None else _half_free_ram()
+        disk = config.kv_disk_mem if config.kv_disk_mem is not None or config.kv_cache_dir is None \
+            else _half_free_disk(config.kv_cache_dir)
+        cache = PrefixCache(new_session, max_tokens=config.cache_tokens, max_sessions=max(1, config.cache_sessions),
+                            min_reuse=MIN_PREFIX_REUSE, store=store, host_bytes=host, disk_bytes=disk)
+        st = cache.stats()
+        log.info("prefix cache: host RAM budget %s, %s", _gb(host),
+                 f"disk {config.kv_cache_dir} budget {_gb(disk)}, {st.disk_files} conversations found ({_gb(st.disk_bytes)})"
+                 if config.kv_cache_dir else "no disk tier")
+        return cache
+
     def cache_gauges(self) -> dict[str, tuple[str, Callable[[], float]]]:
-        return {"prefix_cache_sessions": ("Idle sessions in the prefix cache.", lambda: self.cache.stats().sessions),
-                "prefix_cache_tokens": ("Tokens of KV held by idle cached sessions.", lambda: self.cache.stats().tokens),
-                "prefix_cache_hits_total": ("Requests that reused a cached prefix.", lambda: self.cache.stats().hits),
-                "prefix_cache_misses_total": ("Requests that started from an empty session.", lambda: self.cache.stats().misses),
-                "prefix_cache_evictions_total": ("Sessions evicted (LRU).", lambda: self.cache.stats().evictions)}
+        if self.cache is None:
+            return {}
+        stats = self.cache.stats
+        return {"prefix_cache_sessions": ("Idle conversations in the prefix cache (device + host RAM).", lambda: stats().sessions),
+                "prefix_cache_tokens": ("Tokens of KV held by idle cached conversations.", lambda: stats().tokens),
+                "prefix_cache_hits_total": ("Requests that reused a cached prefix.", lambda: stats().hits),
+                "prefix_cache_misses_total": ("Requests that started from an empty session.", lambda: stats().misses),
+                "prefix_cache_evictions_total": ("Conversations evicted from RAM (LRU).", lambda: stats().evictions),
+                "prefix_cache_restores_total": ("Hits restored from host RAM or disk.", lambda: stats().restores),
+                "prefix_cache_host_bytes": ("Bytes of KV of idle conversations in host RAM.", lambda: stats().host_bytes),
+                "prefix_cache_disk_files": ("Conversation prefixes in --kv-cache-dir.", lambda: stats().disk_files),
+                "prefix_cache_disk_bytes": ("Bytes of those files.", lambda: stats().disk_bytes)}
 
     @property
     def grammars(self) -> GrammarCompiler:
@@ -226,9 +256,14 @@ class Engine:
         from hybrid_k2.chat.generate import generate
         from hybrid_k2.chat.sampling import SamplingParams
 
+        rid = next(self._request_ids)
+        t_start = time.perf_counter()
         lease = self.cache.acquire(plan.prompt_ids) if self.cache_enabled else None
         session = lease.session if lease else self.model.new_session(self.max_model_len)
         cached = lease.cached if lease else 0
+        where = f" (from {lease.source} in {time.perf_counter() - t_start:.2f} s)" if lease and lease.source else ""
+        log.info("request %d: %d prompt tokens, %d cached%s, %d to prefill", rid, len(plan.prompt_ids), cached,
+                 where, len(plan.prompt_ids) - cached)
         constraints = self._constraints(plan)
         # With a grammar the budget lives in the constraint (it waits for a character boundary).
         budget_in_generate = plan.thinking_budget if plan.grammar is None else None
@@ -240,10 +275,12 @@ class Engine:
             # slices; generate() then finds them cached and runs the last one for the first logits.
             t0 = time.perf_counter()
             body = plan.prompt_ids[:-1]
-            for i in range(cached, len(body), PREFILL_SLICE):
+            for n, i in enumerate(range(cached, len(body), PREFILL_SLICE), 1):
                 if job.cancelled.is_set():
                     break
                 session.prefill(body[i:i + PREFILL_SLICE], last_only=True)
+                if n % PROGRESS_EVERY == 0:
+                    _log_progress(rid, i + PREFILL_SLICE - cached, len(body) - cached, time.perf_counter() - t0)
             outcome.prefill_s = time.perf_counter() - t0
             if not job.cancelled.is_set():
                 params = SamplingParams(temperature=plan.temperature, top_p=plan.top_p, top_k=plan.top_k,
@@ -267,6 +304,11 @@ class Engine:
             constraints.close()
             if lease is not None:
                 self.cache.release(lease, keep=ok)
+        prefilled = outcome.prompt_tokens - cached
+        log.info("request %d %s: %d prompt tokens (%d cached), %d generated (%d reasoning); prefill %.2f s "
+                 "(%.1f tok/s), decode %.2f s (%.2f tok/s)", rid, outcome.finish, outcome.prompt_tokens, cached,
+                 outcome.completion_tokens, outcome.reasoning_tokens, outcome.prefill_s,
+                 _rate(prefilled, outcome.prefill_s), outcome.decode_s, _rate(outcome.completion_tokens, outcome.decode_s))
         self.metrics.record_generation(prompt=outcome.prompt_tokens, cached=cached,
                                        completion=outcome.completion_tokens, reasoning=outcome.reasoning_tokens,
                                        prefill_s=outcome.prefill_s, decode_s=outcome.decode_s,
@@ -287,7 +329,8 @@ class Engine:
     def close(self) -> None:
         if self._grammars is not None:
             self._grammars.close()
-        self.cache.clear()
+        if self.cache is not None:
+            self.cache.close()  # writes the conversations still on the device to --kv-cache-dir
 
 
 def _refuse_unsupported(req) -> None:
@@ -296,6 +339,39 @@ def _refuse_unsupported(req) -> None:
     if req.presence_penalty or req.frequency_penalty:
         raise bad_request("presence_penalty and frequency_penalty are not supported (use 0)",
                           param="presence_penalty" if req.presence_penalty else "frequency_penalty")
+
+
+def _log_progress(rid: int, done: int, total: int, seconds: float) -> None:
+    done = min(done, total)
+    rate = _rate(done, seconds)
+    eta = (total - done) / rate if rate > 0 else 0.0
+    log.info("request %d: prefill %d/%d tokens (%.0f%%), %.1f tok/s, ETA %.0f s", rid, done, total,
+             100 * done / max(1, total), rate, eta)
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def _half_free_ram() -> Optional[int]:
+    from hybrid_k2.runtime.machine import available_ram
+
+    free = available_ram()
+    return free // 2 if free else None
+
+
+def _half_free_disk(folder: Path) -> Optional[int]:
+    import shutil
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(folder).free // 2
+    except OSError:
+        return None  # KVStore reports the unusable folder
+
+
+def _gb(n: Optional[int]) -> str:
+    return "unbounded" if n is None else f"{n / 1e9:.2f} GB"
 
 
 def _first(*values):
