@@ -49,8 +49,9 @@ def test_chat_command_in_a_terminal(tmp_path):
         child.expect(r"\[stopped\]", timeout=120)
         child.expect(r"cancelled")
         child.expect("you> ")
-        time.sleep(1.0)  # let readline take the terminal before typing (under load it can lag the prompt)
         child.send("half a line")
+        child.expect("half a line")  # readline has taken the keys: a Ctrl-C that lands while Python's readline
+        time.sleep(0.2)              # is still reading them is only seen at the next key (the tty drops them)
         child.sendintr()  # at the prompt: drops the line, stays
         if child.expect([r"\^C", "you> "]) == 0:
             child.expect("you> ")
