@@ -32,9 +32,11 @@ def vm_hwm() -> int:
     return 0
 
 
-def cell(T: int, depth: int, form: str, dtype: str, kv_dtype: str, block: int, reps: int) -> dict:
+def cell(T: int, depth: int, form: str, dtype: str, kv_dtype: str, block: int, reps: int,
+         kernel_threads: int) -> dict:
     """One (T, depth, form) in this process: ms per call (median) and peak RSS growth."""
     from hybrid_k2.model import attention
+    from hybrid_k2.runtime.cpu_attention import CpuAbsorbedAttention
     from hybrid_k2.model.latent_cache import LatentCache
     from hybrid_k2.model.linear import Linear
 
@@ -78,7 +80,14 @@ def cell(T: int, depth: int, form: str, dtype: str, kv_dtype: str, block: int, r
         return attention.expanded(q_nope, q_pe, cache, lambda c: torch.nn.functional.linear(c.float(), w2),
                                   depth, scale, block, V).to(dt)
 
-    fn = {"reference": reference, "absorbed": absorbed, "expanded": expanded}[form]
+    attend = CpuAbsorbedAttention(kernel_threads)
+
+    def kernel():  # absorbed on the CPU kernels (runtime/cpu_attention.py), what device = cpu runs in fast mode
+        q_lat = torch.einsum("thn,hnr->thr", q_nope.float(), w32[:, :N])
+        o_lat = attend(q_lat, q_pe, cache, depth, scale, block)
+        return torch.einsum("thr,hvr->thv", o_lat, w32[:, N:]).to(dt)
+
+    fn = {"reference": reference, "absorbed": absorbed, "expanded": expanded, "kernel": kernel}[form]
     base = vm_hwm()
     with torch.inference_mode():
         fn()  # warm-up
@@ -96,11 +105,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-T", default="1,64,512", help="query tokens per call (list)")
     ap.add_argument("-d", "--depths", default="0,2048,8192,32768", help="cached positions before the chunk (list)")
-    ap.add_argument("--forms", default="reference,absorbed,expanded")
+    ap.add_argument("--forms", default="reference,absorbed,expanded,kernel",
+                    help="reference, absorbed, expanded (torch), kernel (absorbed on the CPU kernels)")
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bf16", "fp8"))
     ap.add_argument("--block", type=int, default=0, help="key positions per block (0: the CPU default)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the runtime's device side uses 1 on CPU)")
+    ap.add_argument("--kernel-threads", type=int, default=os.cpu_count() or 1,
+                    help="kernel pool threads of the kernel form (the runtime gives it the experts' pool)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-reference-gb", type=float, default=12.0,
                     help="skip reference cells whose [T, H, S] scores and expanded cache exceed this")
@@ -112,11 +124,12 @@ def main() -> None:
     if a.cell:
         T, depth, form = a.cell.split(":")
         block = a.block or block_for("cpu", int(T))
-        print(json.dumps(cell(int(T), int(depth), form, a.dtype, a.kv_cache_dtype, block, a.reps)))
+        print(json.dumps(cell(int(T), int(depth), form, a.dtype, a.kv_cache_dtype, block, a.reps, a.kernel_threads)))
         return
     print(f"# MLA attention, one layer, K2 shape (H {H}, R {R}, P {P}), {a.dtype}, cache {a.kv_cache_dtype}, "
-          f"block {a.block or 'block_for(cpu, T)'}, {a.threads} torch thread(s), {os.cpu_count()} CPUs")
-    print(f"{'T':>5} {'depth':>7} {'form':>10} {'ms':>10} {'peak +MB':>9}")
+          f"block {a.block or 'block_for(cpu, T)'}, {a.threads} torch thread(s), kernel form on {a.kernel_threads} "
+          f"thread(s), {os.cpu_count()} CPUs; GFLOP/s counts the absorbed form's multiply-adds x 2")
+    print(f"{'T':>5} {'depth':>7} {'form':>10} {'ms':>10} {'peak +MB':>9} {'GFLOP/s':>8}")
     for T in map(int, a.T.split(",")):
         for depth in map(int, a.depths.split(",")):
             for form in a.forms.split(","):
@@ -126,13 +139,16 @@ def main() -> None:
                     continue
                 r = subprocess.run([sys.executable, __file__, "--cell", f"{T}:{depth}:{form}", "--dtype", a.dtype,
                                     "--kv-cache-dtype", a.kv_cache_dtype, "--block", str(a.block),
-                                    "--threads", str(a.threads), "--reps", str(a.reps)],
+                                    "--threads", str(a.threads), "--reps", str(a.reps),
+                                    "--kernel-threads", str(a.kernel_threads)],
                                    capture_output=True, text=True)
                 if r.returncode:
                     print(f"{T:>5} {depth:>7} {form:>10} failed: {r.stderr.strip().splitlines()[-1:]}")
                     continue
                 d = json.loads(r.stdout)
-                print(f"{T:>5} {depth:>7} {form:>10} {d['ms']:>10.2f} {d['peak_growth_mb']:>9.0f}", flush=True)
+                flops = 2 * T * H * (S * (2 * R + P) + R * (N + V))  # absorbed: scores, values, folds
+                rate = f"{flops / d['ms'] / 1e6:>8.1f}" if form in ("absorbed", "kernel") else f"{'-':>8}"
+                print(f"{T:>5} {depth:>7} {form:>10} {d['ms']:>10.2f} {d['peak_growth_mb']:>9.0f} {rate}", flush=True)
 
 
 if __name__ == "__main__":

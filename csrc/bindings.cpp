@@ -10,6 +10,7 @@ namespace hk2 {
 void register_int4_moe(py::module_& m);      // csrc/int4_moe/int4_moe_py.cpp
 void register_bandwidth(py::module_& m);     // csrc/bench/bandwidth_py.cpp
 void register_int8_linear(py::module_& m);   // csrc/int8_linear/int8_linear_py.cpp
+void register_mla_attention(py::module_& m); // csrc/mla_attention/mla_attention_py.cpp
 }  // namespace hk2
 
 #ifndef HK2_MODULE_NAME  // the emulated-ISA test build (csrc/tests/build.py) names it _C_emu
@@ -24,4 +25,5 @@ PYBIND11_MODULE(HK2_MODULE_NAME, m) {
   hk2::register_int4_moe(m);
   hk2::register_bandwidth(m);
   hk2::register_int8_linear(m);
+  hk2::register_mla_attention(m);
 }

@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
+
 namespace hk2 {
 
 struct CpuFeatures {
@@ -30,5 +32,16 @@ std::vector<std::string> isa_names();  // the registry's names, in order
 
 // Empty string when `isa` can run here; otherwise the reason it cannot.
 std::string isa_unavailable_reason(const std::string& isa);
+
+// The kernels of a device-side op (int8 linear, MLA attention) for an ISA path of the registry: every
+// SIMD path implies AVX2, so such an op has an AVX2 and a scalar kernel; `op` names it in errors.
+template <class Kernels>
+const Kernels* scalar_or_avx2(const std::string& isa, const Kernels* scalar, const Kernels* avx2, const char* op) {
+  const std::string why = isa_unavailable_reason(isa);
+  HK2_CHECK(why.empty(), "ISA path '" << isa << "' cannot run here: " << why);
+  const Kernels* k = isa == "scalar" ? scalar : avx2;
+  HK2_CHECK(k != nullptr, "ISA path '" << isa << "' has no " << op << " kernel in this build");
+  return k;
+}
 
 }  // namespace hk2

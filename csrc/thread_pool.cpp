@@ -169,6 +169,45 @@ void ThreadPool::barrier() {
   bar_cv_.wait(lk, passed);
 }
 
+namespace {
+
+// The state of one parallel_items call, shared with the helpers (a late helper may still hold it
+// after the call returned: it then only reads `next`).
+struct ItemsJob {
+  const std::function<void(int)>* fn;
+  int items;
+  std::atomic<int> next{0}, done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void run() {
+    for (int it = next.fetch_add(1); it < items; it = next.fetch_add(1)) {
+      (*fn)(it);
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == items) {
+        std::lock_guard<std::mutex> lk(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void parallel_items(int items, int threads, const std::function<void(int item)>& fn) {
+  HK2_CHECK(threads >= 1, "threads must be >= 1, got " << threads);
+  if (items <= 0) return;
+  auto job = std::make_shared<ItemsJob>();
+  job->fn = &fn;
+  job->items = items;
+  if (threads > 1 && items > 1) global_pool(threads).submit([job](int, int) { job->run(); });
+  job->run();
+  auto finished = [&] { return job->done.load(std::memory_order_acquire) == job->items; };
+  if (!spin_for(finished, 50)) {
+    std::unique_lock<std::mutex> lk(job->mu);
+    job->cv.wait(lk, finished);
+  }
+}
+
 ThreadPool& global_pool(int nthreads) {
   // Pools are kept for the life of the process: a handle may still wait on one of them.
   // Leaked on purpose: joining workers from static destructors at interpreter exit can hang.

@@ -61,6 +61,13 @@ class ThreadPool {
   std::condition_variable bar_cv_;
 };
 
+// Items 0..items-1 of fn(item), each run once: by the calling thread, and by the workers of
+// global_pool(threads) asked to help when threads > 1. Returns when every item is done, not when every
+// helper has run: a helper that is descheduled or still busy with an earlier job (FIFO pool) costs
+// nothing, it wakes later, finds no item left and leaves without touching fn. Items are handed out by
+// an atomic counter, so a slow core takes fewer. fn's exceptions are not caught: it must not throw.
+void parallel_items(int items, int threads, const std::function<void(int item)>& fn);
+
 // The process-wide pool with `nthreads` workers, created on first use and kept; asking for a
 // different size replaces it once the running jobs are done.
 ThreadPool& global_pool(int nthreads);

@@ -11,13 +11,8 @@ namespace py = pybind11;
 namespace hk2 {
 namespace {
 
-// Every SIMD path of the registry implies AVX2: the int8 linear has an AVX2 and a scalar kernel.
 const Int8LinearKernels* int8_kernels_for(const std::string& isa) {
-  const std::string why = isa_unavailable_reason(isa);
-  HK2_CHECK(why.empty(), "ISA path '" << isa << "' cannot run here: " << why);
-  const Int8LinearKernels* k = isa == "scalar" ? int8_kernels_scalar() : int8_kernels_avx2();
-  HK2_CHECK(k != nullptr, "ISA path '" << isa << "' has no int8 linear kernel in this build");
-  return k;
+  return scalar_or_avx2(isa, int8_kernels_scalar(), int8_kernels_avx2(), "int8 linear");
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ def missing_tools() -> str | None:
 
 
 def _kernel_sources() -> list[str]:
-    srcs = glob.glob(os.path.join(CSRC, "int4_moe", "*.cpp")) + glob.glob(os.path.join(CSRC, "int8_linear", "*.cpp")) \
+    srcs = [s for d in ("int4_moe", "int8_linear", "mla_attention") for s in glob.glob(os.path.join(CSRC, d, "*.cpp"))] \
         + [os.path.join(CSRC, "thread_pool.cpp"), os.path.join(CSRC, "cpu_features.cpp")]
     return sorted(s for s in srcs if not s.endswith("_py.cpp"))
 
@@ -93,7 +93,8 @@ def build_emu() -> str:
     import pybind11
 
     srcs = _kernel_sources() + [os.path.join(CSRC, "int4_moe", "int4_moe_py.cpp"),
-                                os.path.join(CSRC, "int8_linear", "int8_linear_py.cpp"), os.path.join(CSRC, "bindings.cpp")] \
+                                os.path.join(CSRC, "int8_linear", "int8_linear_py.cpp"),
+                                os.path.join(CSRC, "mla_attention", "mla_attention_py.cpp"), os.path.join(CSRC, "bindings.cpp")] \
         + sorted(glob.glob(os.path.join(CSRC, "bench", "*.cpp")))
     common = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-DHK2_EMULATE", "-DHK2_MODULE_NAME=_C_emu",
               f"-I{CSRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]

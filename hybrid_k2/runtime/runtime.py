@@ -86,6 +86,18 @@ def device_placement(config: RuntimeConfig, device: torch.device, precision: str
     return config.placement
 
 
+def cpu_attention_on(device: torch.device, precision: str, backend: str) -> bool:
+    """POLICY: on device = cpu in precision "fast" with the kernels built, decode and short chunks attend
+    on the CPU kernels (runtime/cpu_attention.py); "exact" keeps torch's blockwise attention."""
+    if device.type != "cpu" or precision != "fast" or backend != "kernel":
+        return False
+    try:
+        from hybrid_k2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "mla_absorbed")
+
+
 def torch_threads_for(config: RuntimeConfig, device: torch.device, backend: str) -> int | None:
     """POLICY: torch intra-op threads for the device side (None: leave torch's choice). On device = cpu
     the kernels' pool already holds the cores while the executor overlaps it with the device side: two
@@ -134,7 +146,8 @@ class Runtime:
             self.graphs = GraphDecoder(self)
 
     def _configure_cpu_linears(self) -> None:
-        """The device side's int8 linears on the CPU share the experts' kernel pool (same size: one pool)."""
+        """The device side's int8 linears and absorbed attention on the CPU share the experts' kernel pool
+        (same size: one pool)."""
         from hybrid_k2.kernels.tuning import gemm_min_tokens
         from hybrid_k2.runtime.int8 import CpuInt8Linear
 
@@ -143,6 +156,10 @@ class Runtime:
             if isinstance(m, CpuInt8Linear):
                 crossover = crossover or gemm_min_tokens(threads=self.threads)
                 m.threads, m.gemm_min_tokens = self.threads, crossover
+        if cpu_attention_on(self.net.device, self.prepared.precision, self.backend):
+            from hybrid_k2.runtime import cpu_attention
+
+            cpu_attention.install(self.net, self.threads)
 
     def _module_impl(self, layer: int):
         def impl(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
