@@ -11,8 +11,9 @@ Rows ("setting"):
              expert and so the same per-expert work; GFLOP/s and GB/s are rates, comparable as such.
 Columns: ms per call (median), effective weight GB/s (nibbles + scales of the distinct experts
 selected), its fraction of the probe's bandwidth (higher of read-only and triad, same threads),
-GFLOP/s (2 * 3 * D * I * T * K / time), the AVX2 int8 peak fraction (avx2 rows only: the probe is an
-AVX2 loop), and a torch baseline
+GFLOP/s (2 * 3 * D * I * T * K / time), its fraction of the int8 peak of the row's own ISA (the
+multiply-add loop of that ISA's int8 instructions, csrc/bench/peak_*.cpp; amx and scalar rows have none),
+and a torch baseline
 (pre-dequantised bf16 weights of the selected experts) for small T. Each repeat uses a different
 routing and every expert is touched before timing, so the weights come from RAM as in a real layer.
 """
@@ -28,7 +29,7 @@ from hybrid_k2.kernels.synthetic import random_experts, random_routing
 from hybrid_k2.model.experts import dequantize_expert
 
 D, I, K = 7168, 2048, 8
-PEAK_ISA = "avx2"  # the ISA of the int8 peak probe (_C.int8_peak_gops)
+PEAK_ISAS = ("avx2", "avx512", "avx512vnni", "avx512bf16")  # the ISA paths _C.int8_peak_gops probes
 
 
 def time_call(fn, repeats):
@@ -152,10 +153,10 @@ def main():
                       f"{r['rel_fro']:.2e}, max error / max |exact| {r['max_rel']:.2e}")
         return
     bw = {t: measure_bandwidth(size_mb=1024, threads=t, repeats=3)["best_gbps"] for t in sorted({1, threads})}
-    # The int8 peak probe is an AVX2 loop (csrc/bench/peak_avx2.cpp): it is the peak of the avx2 rows only.
-    # Dividing an AVX-512 or AMX row by it gave "%i8pk" above 100%; those rows show "-" until their ISA
-    # has a probe of its own.
-    peak = {t: _C.int8_peak_gops(t) for t in sorted({1, threads})} if PEAK_ISA in available_isas() else {}
+    # Each row is divided by the peak of its own ISA's int8 instructions (an AVX-512 row by the AVX2 peak
+    # gave "%i8pk" above 100%); AMX has no probe and its rows show "-".
+    peak = {(isa, t): _C.int8_peak_gops(t, isa) for isa in isas if isa in PEAK_ISAS and isa in available_isas()
+            for t in sorted({1, threads})}
 
     plan = [("uniform", T, a.experts, T, threads) for T in a.tokens]
     if not a.no_extra:
@@ -177,7 +178,7 @@ def main():
                 row = dict(setting=setting, tokens=T, tokens_run=T_run, experts=routed, precision=precision, isa=isa,
                            threads=th, ms=s * 1e3, weight_gbps=gbps, read_bw_gbps=bw[th],
                            frac_of_bw=gbps / bw[th], gflops=gflops, distinct_experts=distinct,
-                           frac_of_int8_peak=gflops / peak[th] if th in peak and isa == PEAK_ISA else None,
+                           frac_of_int8_peak=gflops / peak[isa, th] if (isa, th) in peak else None,
                            torch_ms=None)
                 if setting == "uniform" and T <= a.torch_max_tokens and th == threads and precision == "fast" \
                         and isa == isas[0]:
@@ -193,7 +194,7 @@ def main():
         return
     print(f"K2 expert shape D={D} I={I} K={K}, {a.experts} experts in RAM ({a.experts * expert_bytes / 1e9:.2f} GB), "
           f"probe bandwidth " + ", ".join(f"{t}T {v:.1f} GB/s" for t, v in bw.items())
-          + (f", {PEAK_ISA} int8 peak " + ", ".join(f"{t}T {v:.0f} GOP/s" for t, v in peak.items()) if peak else ""))
+          + (", int8 peak " + ", ".join(f"{isa} {t}T {v:.0f} GOP/s" for (isa, t), v in peak.items()) if peak else ""))
     w = 1 + max(len("isa"), *(len(i) for i in isas))  # avx512vnni is 10 characters wide
     print(f"{'setting':<10}{'T':>6}{'isa':>{w}}{'prec':>6}{'thr':>4}{'ms':>10}{'GB/s':>8}{'%bw':>6}{'GFLOP/s':>9}"
           f"{'%i8pk':>7}{'torch ms':>10}")

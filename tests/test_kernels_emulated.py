@@ -62,3 +62,14 @@ def test_emulated_module_loads_beside_the_real_one(emu):
     assert _C.ExpertStore is not emu.ExpertStore
     real = PackedExperts.empty(num_experts=1, hidden=32, intermediate=32)
     assert real._module is _C
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx512vnni", "avx512bf16"])
+def test_int8_peak_probe_of_each_avx512_path_runs(emu, isa):
+    # bench_moe.py divides a row by the peak of its own ISA; emulated, only that the loop runs is checked
+    assert emu.int8_peak_gops(1, isa) > 0
+
+
+def test_int8_peak_probe_names_what_it_cannot_probe(emu):
+    with pytest.raises(Exception, match="no int8 peak probe for ISA path 'amx'"):
+        emu.int8_peak_gops(1, "amx")

@@ -21,6 +21,8 @@ namespace hk2 {
 
 int64_t read_sum_avx2(const uint8_t* p, size_t n);  // bandwidth_avx2.cpp
 int64_t int8_peak_avx2(int64_t iters, int seed);    // peak_avx2.cpp
+int64_t int8_peak_avx512(int64_t iters, int seed);      // peak_avx512.cpp
+int64_t int8_peak_avx512vnni(int64_t iters, int seed);  // peak_avx512.cpp
 
 namespace {
 
@@ -95,20 +97,33 @@ py::dict measure(int64_t bytes, int threads, int repeats) {
   return out;
 }
 
-// Int8 multiply-add throughput of maddubs + add on `threads` workers, in GOP/s (2 ops per MAC).
-double int8_peak_gops(int threads) {
-  HK2_CHECK(isa_unavailable_reason("avx2").empty(), "the int8 peak probe needs AVX2");
-  constexpr int64_t kIters = 2000000;
+// Int8 multiply-add throughput of the int8 instructions of ISA path `isa` on `threads` workers, in GOP/s
+// (2 ops per MAC): avx2 (and scalar's reference point) maddubs + add on 32 bytes, avx512 the same on 64,
+// avx512vnni and avx512bf16 (its int8 work is VNNI) vpdpbusd on 64. AMX has no probe.
+double int8_peak_gops(int threads, const std::string& isa) {
+  int64_t (*probe)(int64_t, int) = nullptr;
+  const std::string need = isa == "avx512bf16" ? "avx512vnni" : isa;
+  if (isa == "avx2") probe = int8_peak_avx2;
+  if (isa == "avx512") probe = int8_peak_avx512;
+  if (isa == "avx512vnni" || isa == "avx512bf16") probe = int8_peak_avx512vnni;
+  HK2_CHECK(probe != nullptr, "no int8 peak probe for ISA path '" << isa << "' (avx2, avx512, avx512vnni, avx512bf16)");
+  const std::string why = isa_unavailable_reason(need);
+  HK2_CHECK(why.empty(), "the " << isa << " int8 peak probe cannot run here: " << why);
+  const int64_t iters = isa == "avx2" ? 2000000 : 1000000;
+  int64_t macs = 0;
   py::gil_scoped_release nogil;
-  const double s = best_seconds(threads, 3, [](int tid, int) { int8_peak_avx2(kIters, tid); });
-  return 2.0 * double(kIters * 12 * 32) * threads / s / 1e9;
+  const double s = best_seconds(threads, 3, [&](int tid, int) {
+    const int64_t n = probe(iters, tid);
+    if (tid == 0) macs = n;
+  });
+  return 2.0 * double(macs) * threads / s / 1e9;
 }
 
 }  // namespace
 
 void register_bandwidth(py::module_& m) {
   m.def("measure_bandwidth", &measure, py::arg("bytes"), py::arg("threads"), py::arg("repeats"));
-  m.def("int8_peak_gops", &int8_peak_gops, py::arg("threads"));
+  m.def("int8_peak_gops", &int8_peak_gops, py::arg("threads"), py::arg("isa") = "avx2");
 }
 
 }  // namespace hk2
