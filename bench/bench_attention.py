@@ -83,9 +83,7 @@ def cell(T: int, depth: int, form: str, dtype: str, kv_dtype: str, block: int, r
     attend = CpuAbsorbedAttention(kernel_threads)
 
     def kernel():  # absorbed on the CPU kernels (runtime/cpu_attention.py), what device = cpu runs in fast mode
-        q_lat = torch.einsum("thn,hnr->thr", q_nope.float(), w32[:, :N])
-        o_lat = attend(q_lat, q_pe, cache, depth, scale, block)
-        return torch.einsum("thr,hvr->thv", o_lat, w32[:, N:]).to(dt)
+        return attend(q_nope, q_pe, w32, cache, depth, scale, block).to(dt)
 
     fn = {"reference": reference, "absorbed": absorbed, "expanded": expanded, "kernel": kernel}[form]
     base = vm_hwm()

@@ -58,13 +58,14 @@ int default_threads() { return int(allowed_cpus().size()); }
 ThreadPool::ThreadPool(int nthreads) : n_(nthreads) {
   HK2_CHECK(nthreads >= 1 && nthreads <= 1024, "threads must be in [1, 1024], got " << nthreads);
   const std::vector<int> cpus = allowed_cpus();
+  cpu_of_.assign(n_, -1);
   for (int t = 0; t < n_; ++t) {
     threads_.emplace_back([this, t] { worker(t); });
     if (int(cpus.size()) >= n_) {  // pin only when every worker gets a CPU of its own
       cpu_set_t set;
       CPU_ZERO(&set);
       CPU_SET(cpus[t], &set);
-      pthread_setaffinity_np(threads_.back().native_handle(), sizeof(set), &set);
+      if (pthread_setaffinity_np(threads_.back().native_handle(), sizeof(set), &set) == 0) cpu_of_[t] = cpus[t];
     }
   }
 }
@@ -79,12 +80,18 @@ ThreadPool::~ThreadPool() {
   for (auto& th : threads_) th.join();
 }
 
-uint64_t ThreadPool::submit(Job fn) {
+int ThreadPool::worker_on_cpu(int cpu) const {
+  for (int t = 0; t < n_; ++t)
+    if (cpu_of_[t] == cpu && cpu >= 0) return t;
+  return -1;
+}
+
+uint64_t ThreadPool::submit(Job fn, int skip_tid) {
   uint64_t ticket;
   {
     std::lock_guard<std::mutex> lk(mu_);
     ticket = ++posted_;
-    queue_.emplace_back(ticket, std::move(fn));
+    queue_.push_back({ticket, std::move(fn), n_ > 1 && skip_tid >= 0 && skip_tid < n_ ? skip_tid : -1});
     if (!busy_) start_next_locked();
   }
   work_cv_.notify_all();
@@ -92,13 +99,13 @@ uint64_t ThreadPool::submit(Job fn) {
 }
 
 void ThreadPool::start_next_locked() {
-  auto job = std::move(queue_.front());
+  Queued job = std::move(queue_.front());
   queue_.pop_front();
   busy_ = true;
-  current_ = std::move(job.second);
+  current_ = std::move(job.fn);
   current_error_ = nullptr;
-  running_.store(n_, std::memory_order_relaxed);
-  current_ticket_.store(job.first, std::memory_order_release);
+  running_.store(job.skip >= 0 ? n_ - 1 : n_, std::memory_order_relaxed);
+  current_tag_.store(job.ticket << 16 | uint64_t(job.skip + 1), std::memory_order_release);
 }
 
 bool ThreadPool::done(uint64_t ticket) { return finished_.load(std::memory_order_acquire) >= ticket; }
@@ -121,15 +128,18 @@ void ThreadPool::wait(uint64_t ticket) {
 }
 
 void ThreadPool::worker(int tid) {
-  uint64_t seen = 0;
+  uint64_t seen = 0;  // tag of the last job this worker saw
   for (;;) {
-    auto fresh = [&] { return current_ticket_.load(std::memory_order_acquire) != seen; };
+    auto fresh = [&] { return current_tag_.load(std::memory_order_acquire) != seen; };
     if (!spin_for(fresh, kIdleSpinMicros)) {
       std::unique_lock<std::mutex> lk(mu_);
       work_cv_.wait(lk, [&] { return stop_ || fresh(); });
       if (!fresh()) return;  // stopping, nothing left to run
     }
-    seen = current_ticket_.load(std::memory_order_acquire);
+    seen = current_tag_.load(std::memory_order_acquire);
+    const uint64_t ticket = seen >> 16;
+    // Skipped: the job may end without this worker, so current_ must not be touched.
+    if (int(seen & 0xffff) - 1 == tid) continue;
     try {
       current_(tid, n_);
     } catch (...) {
@@ -139,10 +149,10 @@ void ThreadPool::worker(int tid) {
     if (running_.fetch_sub(1, std::memory_order_acq_rel) == 1) {  // last worker out closes the job
       {
         std::lock_guard<std::mutex> lk(mu_);
-        if (current_error_) errors_[seen] = current_error_;
+        if (current_error_) errors_[ticket] = current_error_;
         current_ = nullptr;
         busy_ = false;
-        finished_.store(seen, std::memory_order_release);
+        finished_.store(ticket, std::memory_order_release);
         if (!queue_.empty()) start_next_locked();
       }
       done_cv_.notify_all();
@@ -199,7 +209,13 @@ void parallel_items(int items, int threads, const std::function<void(int item)>&
   auto job = std::make_shared<ItemsJob>();
   job->fn = &fn;
   job->items = items;
-  if (threads > 1 && items > 1) global_pool(threads).submit([job](int, int) { job->run(); });
+  if (threads > 1 && items > 1) {
+    // The worker pinned to the caller's CPU stays out: every worker must run every job before the next
+    // starts, and that one only gets its CPU when the caller stops, so jobs queued up behind it and
+    // calls of ~1 ms ran on the caller alone (measured: 0 of 64 items taken by the pool).
+    ThreadPool& pool = global_pool(threads);
+    pool.submit([job](int, int) { job->run(); }, pool.worker_on_cpu(sched_getcpu()));
+  }
   job->run();
   auto finished = [&] { return job->done.load(std::memory_order_acquire) == job->items; };
   if (!spin_for(finished, 50)) {

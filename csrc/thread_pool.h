@@ -29,7 +29,11 @@ class ThreadPool {
   ~ThreadPool();
 
   int size() const { return n_; }
-  uint64_t submit(Job fn);       // returns the job's ticket
+  // Returns the job's ticket. skip_tid: a worker that does not run this job (parallel_items: the one
+  // pinned to the CPU the calling thread works on); the job is done when the others have run it. A job
+  // that skips a worker must not call barrier().
+  uint64_t submit(Job fn, int skip_tid = -1);
+  int worker_on_cpu(int cpu) const;  // the worker pinned to `cpu`, or -1
   void wait(uint64_t ticket);    // rethrows the job's first exception
   bool done(uint64_t ticket);
   void barrier();                // inside a job: every worker waits for all the others
@@ -42,7 +46,13 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
-  std::deque<std::pair<uint64_t, Job>> queue_;
+  struct Queued {
+    uint64_t ticket;
+    Job fn;
+    int skip;
+  };
+  std::deque<Queued> queue_;
+  std::vector<int> cpu_of_;              // the CPU each worker is pinned to (-1: not pinned)
   uint64_t posted_ = 0;                  // tickets handed out
   std::atomic<uint64_t> finished_{0};    // jobs done (tickets <= finished_ are done)
   std::map<uint64_t, std::exception_ptr> errors_;   // failed jobs not yet waited for
@@ -50,7 +60,8 @@ class ThreadPool {
   bool busy_ = false;
   // current job, read by all workers
   Job current_;
-  std::atomic<uint64_t> current_ticket_{0};
+  // current job, as ticket << 16 | (skipped worker + 1): one load gives both
+  std::atomic<uint64_t> current_tag_{0};
   std::atomic<int> running_{0};
   std::exception_ptr current_error_;
   std::mutex error_mu_;

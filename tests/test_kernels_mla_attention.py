@@ -1,6 +1,7 @@
 """The absorbed MLA attention on the CPU kernels (csrc/mla_attention, kernels/mla_attention.py,
-runtime/cpu_attention.py) against model/attention.py `absorbed`, the torch version it replaces on
-device = cpu: every storage kind, both kernels, causal chunks, several row groups and position ranges."""
+runtime/cpu_attention.py) against model/attention.py `absorbed` / `absorbed_heads`, the torch versions it
+replaces on device = cpu: every storage kind, both kernels, causal chunks, several row groups and
+position ranges, and the folds into and out of the latent space."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ import hybrid_k2
 from hybrid_k2 import _C
 from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.kernels.isa import available_isas
-from hybrid_k2.kernels.mla_attention import mla_absorbed
+from hybrid_k2.kernels.mla_attention import mla_absorbed, mla_fold
 from hybrid_k2.model import attention
 from hybrid_k2.model.latent_cache import LatentCache
 from hybrid_k2.model.mla import MLA
@@ -23,7 +24,8 @@ SCALE = 0.1
 
 def case(T, H, R, P, start, kv_dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    cache = LatentCache(R + P, R, capacity=start + T + 5, dtype=torch.float32, device="cpu", kv_dtype=kv_dtype)
+    cache = LatentCache(R + P, R, capacity=start + T + 5, dtype=torch.float32, device="cpu", kv_dtype=kv_dtype,
+                        zero_fill=True)  # the static (CUDA-graph) form reads the unused rows too
     cache.write(0, torch.randn(start + T, R + P, generator=g) * 2)
     q_lat, q_pe = torch.randn(T, H, R, generator=g), torch.randn(T, H, P, generator=g)
     return cache, q_lat, q_pe
@@ -84,11 +86,44 @@ def test_bad_input_is_one_clear_error():
             mla_absorbed(**{**ok, **bad})
 
 
-def test_static_positions_and_other_devices_fall_back_to_torch():
-    cache, q_lat, q_pe = case(1, 4, 32, 8, 20, "auto")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("form", ["cols", "rows"])
+@pytest.mark.parametrize("T,H,N,V,R", [(1, 4, 16, 16, 40), (3, 5, 24, 8, 37), (2, 64, 128, 128, 512)])
+def test_folds_equal_the_einsums(isa, form, T, H, N, V, R):
+    g = torch.Generator().manual_seed(T + H)
+    w = torch.randn(H, N + V, R, generator=g)  # kv_b_proj's weight as [H, N + V, R]
+    if form == "cols":  # q_nope [T, H, N] -> q_lat [T, H, R] through W_UK = w[:, :N] (a strided view)
+        x = torch.randn(T, H, N, generator=g)
+        ref = torch.einsum("thn,hnr->thr", x, w[:, :N])
+        got = mla_fold(x=x, w=w[:, :N], form="cols", isa=isa)
+    else:  # o_lat [T, H, R] -> o [T, H, V] through W_UV = w[:, N:]
+        x = torch.randn(T, H, R, generator=g)
+        ref = torch.einsum("thr,hvr->thv", x, w[:, N:])
+        got = mla_fold(x=x, w=w[:, N:], form="rows", isa=isa)
+    assert (got - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_fold_bad_input_is_one_clear_error():
+    w = torch.randn(4, 24, 32)
+    with pytest.raises(HybridK2Error, match="does not fold"):
+        mla_fold(x=torch.randn(1, 4, 20), w=w[:, :16], form="cols")
+    with pytest.raises(HybridK2Error, match="form must be"):
+        mla_fold(x=torch.randn(1, 4, 16), w=w[:, :16], form="diagonal")
+    with pytest.raises(HybridK2Error, match="last dimension contiguous"):
+        mla_fold(x=torch.randn(1, 4, 16), w=w[:, :16].mT, form="rows")
+
+
+def test_drop_in_equals_torch_and_falls_back_for_static_positions():
+    H, N, V, R, P = 4, 16, 8, 32, 8
+    cache, _, q_pe = case(2, H, R, P, 30, "bf16")
+    g = torch.Generator().manual_seed(3)
+    q_nope, w = torch.randn(2, H, N, generator=g), torch.randn(H, N + V, R, generator=g)
     cpu = CpuAbsorbedAttention(threads=2)
-    ref = attention.absorbed(q_lat, q_pe, cache, torch.tensor([20]), SCALE, 64)  # the CUDA-graph form
-    assert torch.equal(cpu(q_lat, q_pe, cache, torch.tensor([20]), SCALE, 64), ref)
+    ref = attention.absorbed_heads(q_nope, q_pe, w, cache, 30, SCALE, 64)  # [T, H, V]
+    assert (cpu(q_nope, q_pe, w, cache, 30, SCALE, 64) - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+    one = (q_nope[:1], q_pe[:1])
+    static = attention.absorbed_heads(*one, w, cache, torch.tensor([30]), SCALE, 64)  # the CUDA-graph form
+    assert torch.equal(cpu(*one, w, cache, torch.tensor([30]), SCALE, 64), static)
 
 
 def test_fast_mode_on_cpu_attends_on_the_kernels_and_matches_torch(make_model):
@@ -100,10 +135,10 @@ def test_fast_mode_on_cpu_attends_on_the_kernels_and_matches_torch(make_model):
     ids = torch.randint(0, model.args.vocab_size, (40,), generator=torch.Generator().manual_seed(1)).tolist()
     fast = logits(model, ids)  # 8 decode steps attend on the kernels
     for m in mlas:
-        m.absorbed_attention = attention.absorbed
+        m.absorbed_attention = attention.absorbed_heads
     ref = logits(model, ids)
     assert (fast - ref).abs().max().item() <= 1e-3 * ref.abs().max().item()
     model.runtime.close()
     exact = hybrid_k2.load(path, precision="exact")
-    assert all(m.absorbed_attention is attention.absorbed for m in exact.net.modules() if isinstance(m, MLA))
+    assert all(m.absorbed_attention is attention.absorbed_heads for m in exact.net.modules() if isinstance(m, MLA))
     exact.runtime.close()

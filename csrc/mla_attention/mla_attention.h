@@ -36,9 +36,16 @@ constexpr int kMlaBlock = 32;  // key positions per block
 using MlaBlockFn = void (*)(const float* q, int G, int K, const float* kv, int n, int R, const int* vis, float* m,
                             float* l, float* acc, float* sbuf);
 
+// One head's fold into / out of the latent space, y [T, O] (row stride ldy) from x [T, I] (row stride ldx):
+//   cols  y[t, o] = sum_i x[t, i] w[i ldw + o]   (W_UK [N, R]: q_nope -> q_lat)
+//   rows  y[t, o] = sum_i x[t, i] w[o ldw + i]   (W_UV [V, R]: o_lat -> o)
+using MlaFoldFn = void (*)(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+                           int64_t ldy);
+
 struct MlaKernels {
   const char* name;
   MlaBlockFn block;
+  MlaFoldFn fold_cols, fold_rows;
 };
 
 const MlaKernels* mla_kernels_scalar();
@@ -55,6 +62,11 @@ struct LatentRows {
 // Runs on `threads` participants of the shared pool; blocks until done.
 void mla_absorbed(const MlaKernels& k, const float* q, int T, int H, int R, int P, const LatentRows& cache, int64_t S,
                   int64_t start, float* out, int threads);
+
+// y [T, H, O] fp32 = every head's fold of x [T, H, I] fp32 by its weight at w + h head_stride (row stride
+// ldw; `cols` picks the form above), one item per head on `threads` participants of the shared pool.
+void mla_fold(const MlaKernels& k, bool cols, const float* x, int T, int H, int I, int O, const float* w,
+              int64_t head_stride, int64_t ldw, float* y, int threads);
 
 // The number of position ranges mla_absorbed splits S into for T H query rows (shape only).
 int mla_splits(int64_t S, int rows);

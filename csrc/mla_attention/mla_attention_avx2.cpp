@@ -6,6 +6,7 @@
 // Softmax: an 8-wide exp (Cephes' polynomial, relative error ~1e-7) over each row's <= 32 scores.
 // Values: acc[g, c] += sum_j p[g, j] kv[j, c] in tiles of 4 rows x 16 columns (8 registers) fed by 2
 // loads and 4 broadcasts per 8 FMAs; a tile's 16 columns of the block's rows (2 KB) stay in L1.
+// Folds (W_UK into the queries, W_UV out of the latent output): per-head GEMVs streaming the weight.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -145,7 +146,60 @@ void block_avx2(const float* q, int G, int K, const float* kv, int n, int R, con
     if (vis[g] > 0) weigh<1>(sbuf + g * kMlaBlock, kv, vis[g], K, R, acc + int64_t(g) * R);
 }
 
-const MlaKernels kAvx2{"avx2", block_avx2};
+// cols: the weight is streamed once, row after row (a row is 2 KB for K2's R = 512): each row i adds
+// x[t, i] * w[i] to every token's output row, which stays in L1 (T x O floats; 2 KB per token).
+void fold_cols_avx2(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+                    int64_t ldy) {
+  const int O8 = O & ~7;
+  for (int t = 0; t < T; ++t) std::fill(y + t * ldy, y + t * ldy + O, 0.f);
+  for (int i = 0; i < I; ++i) {
+    const float* wr = w + i * ldw;
+    for (int t = 0; t < T; ++t) {
+      const float xi = x[t * ldx + i];
+      const __m256 b = _mm256_set1_ps(xi);
+      float* yt = y + t * ldy;
+      for (int o = 0; o < O8; o += 8)
+        _mm256_storeu_ps(yt + o, _mm256_fmadd_ps(b, _mm256_loadu_ps(wr + o), _mm256_loadu_ps(yt + o)));
+      for (int o = O8; o < O; ++o) yt[o] += xi * wr[o];
+    }
+  }
+}
+
+// rows: 4 weight rows at a time, each x load shared by 4 FMAs, one horizontal sum per row; the 4 rows
+// (8 KB for K2's R = 512) stay in L1 while the call's other tokens use them.
+void fold_rows_avx2(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+                    int64_t ldy) {
+  const int I8 = I & ~7;
+  int o = 0;
+  for (; o + 4 <= O; o += 4)
+    for (int t = 0; t < T; ++t) {
+      const float* xt = x + t * ldx;
+      const float* w0 = w + o * ldw;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      const float* next = w0 + (o + 8 <= O ? 4 * ldw : 0);  // the block after next, 4 rows ahead
+      for (int i = 0; i < I8; i += 8) {
+        if (t == 0 && (i & 15) == 0)
+          for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * ldw + i), _MM_HINT_T0);
+        const __m256 b = _mm256_loadu_ps(xt + i);
+        a0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + i), a0);
+        a1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + ldw + i), a1);
+        a2 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + 2 * ldw + i), a2);
+        a3 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + 3 * ldw + i), a3);
+      }
+      float r[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+      for (int i = I8; i < I; ++i)
+        for (int j = 0; j < 4; ++j) r[j] += xt[i] * w0[j * ldw + i];
+      for (int j = 0; j < 4; ++j) y[t * ldy + o + j] = r[j];
+    }
+  for (; o < O; ++o)
+    for (int t = 0; t < T; ++t) {
+      float acc = 0.f;
+      for (int i = 0; i < I; ++i) acc += x[t * ldx + i] * w[o * ldw + i];
+      y[t * ldy + o] = acc;
+    }
+}
+
+const MlaKernels kAvx2{"avx2", block_avx2, fold_cols_avx2, fold_rows_avx2};
 
 }  // namespace
 

@@ -35,6 +35,17 @@ void register_mla_attention(py::module_& m) {
       },
       py::arg("q"), py::arg("T"), py::arg("H"), py::arg("R"), py::arg("P"), py::arg("data"), py::arg("scale"),
       py::arg("kind"), py::arg("S"), py::arg("start"), py::arg("out"), py::arg("isa"), py::arg("threads"));
+  m.def(
+      "mla_fold",
+      [](bool cols, uintptr_t x, int T, int H, int I, int O, uintptr_t w, int64_t head_stride, int64_t ldw, uintptr_t y,
+         const std::string& isa, int threads) {
+        const MlaKernels* k = mla_kernels_for(isa);
+        py::gil_scoped_release nogil;
+        mla_fold(*k, cols, reinterpret_cast<const float*>(x), T, H, I, O, reinterpret_cast<const float*>(w),
+                 head_stride, ldw, reinterpret_cast<float*>(y), threads);
+      },
+      py::arg("cols"), py::arg("x"), py::arg("T"), py::arg("H"), py::arg("I"), py::arg("O"), py::arg("w"),
+      py::arg("head_stride"), py::arg("ldw"), py::arg("y"), py::arg("isa"), py::arg("threads"));
 }
 
 }  // namespace hk2

@@ -1,5 +1,6 @@
-// [NOTE] Scalar block step of the absorbed MLA attention: the readable definition the AVX2 kernel is
-// tested against, and the path of a CPU without AVX2 (or HYBRID_K2_ISA=scalar). For each query row:
+// [NOTE] Scalar kernels of the absorbed MLA attention (block step and folds): the readable definition the
+// AVX2 kernels are tested against, and the path of a CPU without AVX2 (or HYBRID_K2_ISA=scalar). The block
+// step, for each query row:
 //   s_j = q . kv_j (j < vis),  m' = max(m, max_j s_j),  p_j = e^(s_j - m'),
 //   l' = l e^(m - m') + sum_j p_j,  acc' = acc e^(m - m') + sum_j p_j kv_j[:R]
 #include <algorithm>
@@ -40,7 +41,27 @@ void block_ref(const float* q, int G, int K, const float* kv, int n, int R, cons
   }
 }
 
-const MlaKernels kScalar{"scalar", block_ref};
+void fold_cols_ref(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+                   int64_t ldy) {
+  for (int t = 0; t < T; ++t)
+    for (int o = 0; o < O; ++o) {
+      float acc = 0.f;
+      for (int i = 0; i < I; ++i) acc += x[t * ldx + i] * w[i * ldw + o];
+      y[t * ldy + o] = acc;
+    }
+}
+
+void fold_rows_ref(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+                   int64_t ldy) {
+  for (int t = 0; t < T; ++t)
+    for (int o = 0; o < O; ++o) {
+      float acc = 0.f;
+      for (int i = 0; i < I; ++i) acc += x[t * ldx + i] * w[o * ldw + i];
+      y[t * ldy + o] = acc;
+    }
+}
+
+const MlaKernels kScalar{"scalar", block_ref, fold_cols_ref, fold_rows_ref};
 
 }  // namespace
 

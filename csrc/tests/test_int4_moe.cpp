@@ -2,7 +2,10 @@
 // every ISA table (AVX-512, AVX-512-BF16 and AMX emulated via SIMDe + tests/emu/amx_emu.h) runs the
 // fused op through the real driver and thread pool on odd shapes and is compared with the scalar
 // reference table; bad input must throw hk2::Error. Prints "N passed, M failed".
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -133,6 +136,28 @@ int main() {
     threw = true;
   }
   expect(threw, "hidden not a multiple of 32 throws");
+  // The shared pool: a job that skips a worker ends without it, whole-pool jobs with barriers still run
+  // after it, and parallel_items runs every item once whatever the pool is doing.
+  {
+    ThreadPool& pool = global_pool(2);
+    std::atomic<int> ran0{0}, ran1{0};
+    pool.wait(pool.submit([&](int tid, int) { (tid == 0 ? ran0 : ran1)++; }, /*skip_tid=*/0));
+    expect(ran0.load() == 0 && ran1.load() == 1, "a skipped worker does not run the job");
+    std::atomic<int> after{0};
+    pool.wait(pool.submit([&](int, int) {
+      pool.barrier();
+      after++;
+    }));
+    expect(after.load() == 2, "a whole-pool job with a barrier runs after a skipping one");
+    for (int rep = 0; rep < 200; ++rep) {
+      std::vector<std::atomic<int>> hits(37);
+      if (rep % 3 == 0) pool.submit([&](int, int) { std::this_thread::sleep_for(std::chrono::microseconds(200)); });
+      parallel_items(37, 2, [&](int it) { hits[it]++; });
+      bool once = true;
+      for (auto& h : hits) once = once && h.load() == 1;
+      expect(once, "parallel_items runs each item once (rep " + std::to_string(rep) + ")");
+    }
+  }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

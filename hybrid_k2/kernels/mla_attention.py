@@ -5,6 +5,7 @@ out [T, H, R] fp32 = the absorbed attention of the folded, scaled queries q [T, 
 `length` rows of one layer's latent cache as stored (fp32, bf16, or fp8 e4m3 with scales [*, 2]); query t
 sits at position start + t and sees the rows up to it. The math of model/attention.py `absorbed` (the
 readable torch version it is tested against), on the kernel thread pool the routed experts use.
+`mla_fold` runs the per-head folds around it (W_UK into the queries, W_UV out of the latent output).
 """
 from __future__ import annotations
 
@@ -75,3 +76,34 @@ def mla_absorbed(*, q: torch.Tensor, data: torch.Tensor, scale: torch.Tensor | N
                     KINDS[data.dtype], length, start, out.data_ptr(), path,
                     threads if threads is not None else _C.default_threads())
     return out
+
+
+FOLD_FORMS = ("cols", "rows")
+
+
+def mla_fold(*, x: torch.Tensor, w: torch.Tensor, form: str, threads: int | None = None,
+             isa: str | None = None) -> torch.Tensor:
+    """Every head's fold, x [T, H, I] fp32 -> [T, H, O] fp32:
+         form "cols": y[t, h, o] = sum_i x[t, h, i] w[h, i, o]   (w [H, I, O]: W_UK, q_nope -> q_lat)
+         form "rows": y[t, h, o] = sum_i x[t, h, i] w[h, o, i]   (w [H, O, I]: W_UV, o_lat -> o)
+    w: fp32 on the CPU, its last dimension contiguous (a view into kv_b_proj's [H, N + V, R] weight is fine).
+    The einsums of model/attention.py `absorbed_heads` are the reference."""
+    if form not in FOLD_FORMS:
+        raise HybridK2Error(f"form must be one of {', '.join(FOLD_FORMS)}, got {form!r}")
+    for name, t in (("x", x), ("w", w)):
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 3:
+            raise HybridK2Error(f"{name} must be a 3-D float32 CPU tensor")
+    if not x.is_contiguous() or w.stride(2) != 1 or w.stride(1) < w.shape[2] or w.stride(0) < 1:
+        raise HybridK2Error("x must be contiguous and w's last dimension contiguous")
+    T, H, I = x.shape
+    if w.shape[0] != H or w.shape[1 if form == "cols" else 2] != I:
+        raise HybridK2Error(f"w {list(w.shape)} does not fold x {list(x.shape)} in form {form!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise HybridK2Error(f"threads must be a positive int or None, got {threads!r}")
+    _C = _c()
+    path = resolve_isa(isa, _C) if isa is not None or os.environ.get(ISA_ENV) else auto_candidates(_C)[0]
+    O = w.shape[2 if form == "cols" else 1]
+    y = torch.empty(T, H, O, dtype=torch.float32)
+    _C.mla_fold(form == "cols", x.data_ptr(), T, H, I, O, w.data_ptr(), w.stride(0), w.stride(1), y.data_ptr(), path,
+                threads if threads is not None else _C.default_threads())
+    return y

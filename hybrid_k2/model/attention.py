@@ -117,6 +117,17 @@ def absorbed(q_lat: torch.Tensor, q_pe: torch.Tensor, cache, start: int | torch.
     return sm.result().view(T, H, R)
 
 
+def absorbed_heads(q_nope: torch.Tensor, q_pe: torch.Tensor, w: torch.Tensor, cache, start: int | torch.Tensor,
+                   scale: float, block: int) -> torch.Tensor:
+    """The absorbed form whole: q_nope [T, H, N], q_pe [T, H, P] and kv_b_proj's weight w as [H, N + V, R]
+    (W_UK = w[:, :N], W_UV = w[:, N:]) -> o [T, H, V] in w's dtype.
+    q_lat = q_nope W_UK (fold in), attention in the latent space (`absorbed`), o = o_lat W_UV^T (fold out)."""
+    N = q_nope.shape[-1]
+    q_lat = torch.einsum("thn,hnr->thr", q_nope.to(w.dtype), w[:, :N])  # [T, H, R]
+    o_lat = absorbed(q_lat, q_pe, cache, start, scale, block)  # [T, H, R] fp32
+    return torch.einsum("thr,hvr->thv", o_lat.to(w.dtype), w[:, N:])  # [T, H, V]
+
+
 def expanded(q_nope: torch.Tensor, q_pe: torch.Tensor, cache, kv_b_proj, start: int, scale: float,
              block: int, v_dim: int) -> torch.Tensor:
     """q_nope [T, H, N], q_pe [T, H, P] over cache rows [0, start + T), each block's c_kv [B, R] expanded

@@ -49,9 +49,9 @@ class MLA(nn.Module):
         self.impl = "auto"  # IMPLS: the blockwise forms (chosen per chunk, or forced) or the reference
         self.block: int | None = None  # key positions per block (None: attention.block_for)
         self._weight_f32: tuple[torch.Tensor, torch.Tensor] | None = None  # (source, fp32 copy) on the CPU
-        # attention.absorbed or a drop-in with its signature, set from outside (the runtime puts the CPU
-        # kernels' version here on device = cpu: runtime/cpu_attention.py)
-        self.absorbed_attention = attention.absorbed
+        # attention.absorbed_heads or a drop-in with its signature, set from outside (the runtime puts the
+        # CPU kernels' version here on device = cpu: runtime/cpu_attention.py)
+        self.absorbed_attention = attention.absorbed_heads
 
     def forward(self, x: torch.Tensor, cache: LatentCache, start: int | torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -88,10 +88,8 @@ class MLA(nn.Module):
             block = self.block or attention.block_for(x.device.type, T)
             w = self.attention_weight()  # [H (N + V), R]
             if form == "absorbed":
-                w_uk, w_uv = self.absorb_weights(w)
-                q_lat = torch.einsum("thn,hnr->thr", q_nope.to(w.dtype), w_uk)  # [T, H, R]
-                o_lat = self.absorbed_attention(q_lat, q_pe, cache, start, self.scale, block)  # [T, H, R] fp32
-                o = torch.einsum("thr,hvr->thv", o_lat.to(w.dtype), w_uv)  # [T, H, V]
+                w_heads = w.view(H, self.nope + self.v_dim, R)  # [H, N + V, R]: W_UK rows, then W_UV rows
+                o = self.absorbed_attention(q_nope, q_pe, w_heads, cache, start, self.scale, block)  # [T, H, V]
             else:
                 o = attention.expanded(q_nope, q_pe, cache, lambda c: F.linear(c.to(w.dtype), w), start,
                                        self.scale, block, self.v_dim)  # [T, H, V]

@@ -1,10 +1,11 @@
 """The device side's absorbed MLA attention on the CPU kernels (device = cpu).
 
-model/attention.py `absorbed` runs in torch on the device side's one intra-op thread; at depth that is
-the step's largest cost (4.5 GFLOP per layer at 32K positions for K2). CpuAbsorbedAttention is a drop-in
-for it (same arguments, same result within fp32 rounding) that runs csrc/mla_attention on the kernel pool
-the routed experts use, which is idle while a layer attends, and reads fp8 rows without a torch
-dequantisation pass. Set on every MLA module by the runtime (`install`), from outside the model code.
+model/attention.py `absorbed_heads` (fold W_UK in, attend in the latent space, fold W_UV out) runs in
+torch on the device side's one intra-op thread: at depth the attention is the step's largest cost (4.5
+GFLOP per layer at 32K positions for K2), at depth 0 the folds (2 x 16.8 MB of fp32 weights per layer
+and token) are. CpuAbsorbedAttention is a drop-in for it (same arguments, same result within fp32
+rounding) that runs the three on csrc/mla_attention, on the kernel pool the routed experts use, which is
+idle while a layer attends, and reads fp8 rows without a torch dequantisation pass. Set on every MLA module by the runtime (`install`), from outside the model code.
 """
 from __future__ import annotations
 
@@ -17,16 +18,20 @@ class CpuAbsorbedAttention:
     def __init__(self, threads: int):
         self.threads = threads
 
-    def __call__(self, q_lat: torch.Tensor, q_pe: torch.Tensor, cache, start, scale: float,
+    def __call__(self, q_nope: torch.Tensor, q_pe: torch.Tensor, w: torch.Tensor, cache, start, scale: float,
                  block: int) -> torch.Tensor:
-        """q_lat [T, H, R], q_pe [T, H, P] at positions start.. -> o_lat [T, H, R] fp32 (attention.absorbed)."""
-        if isinstance(start, torch.Tensor) or cache.device.type != "cpu" or cache.data is None:
-            return attention.absorbed(q_lat, q_pe, cache, start, scale, block)  # static (graph) form, other devices
-        from hybrid_k2.kernels.mla_attention import mla_absorbed
+        """attention.absorbed_heads: q_nope [T, H, N], q_pe [T, H, P], w [H, N + V, R] -> o [T, H, V] fp32."""
+        if (isinstance(start, torch.Tensor) or cache.device.type != "cpu" or cache.data is None
+                or w.dtype != torch.float32 or w.device.type != "cpu"):
+            return attention.absorbed_heads(q_nope, q_pe, w, cache, start, scale, block)  # graph form, other devices
+        from hybrid_k2.kernels.mla_attention import mla_absorbed, mla_fold
 
-        q = torch.cat((q_lat.float(), q_pe.float()), dim=-1).mul_(scale)  # [T, H, R + P]
-        return mla_absorbed(q=q, data=cache.data, scale=cache.scale, length=start + q.shape[0], start=start,
-                            rank=cache.rank, threads=self.threads)
+        N = q_nope.shape[-1]
+        q_lat = mla_fold(x=q_nope.float().contiguous(), w=w[:, :N], form="cols", threads=self.threads)  # [T, H, R]
+        q = torch.cat((q_lat, q_pe.float()), dim=-1).mul_(scale)  # [T, H, R + P]
+        o_lat = mla_absorbed(q=q, data=cache.data, scale=cache.scale, length=start + q.shape[0], start=start,
+                             rank=cache.rank, threads=self.threads)  # [T, H, R]
+        return mla_fold(x=o_lat, w=w[:, N:], form="rows", threads=self.threads)  # [T, H, V]
 
 
 def install(net, threads: int) -> int:
