@@ -28,6 +28,7 @@ def test_peak_rss_near_kept_size(make_model):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
     assert m["kept"] > 60e6  # fast on the CPU keeps the linears in int8 (half of bf16)
-    # no second copy of anything: growth within 15% of what is kept, plus a few MB of tables and the
-    # fp32 temporaries of quantising one block of rows to int8 (runtime/int8.py)
-    assert m["grown"] <= 1.15 * m["kept"] + 16e6 + 4 * QUANT_BLOCK_BYTES, m
+    # no second copy of anything: growth within 15% of what is kept, plus a few MB of tables, threads'
+    # stacks and scratch (the kernel pool's workers take part in the int8 linears measured at load) and
+    # the fp32 temporaries of quantising one block of rows to int8 (runtime/int8.py)
+    assert m["grown"] <= 1.15 * m["kept"] + 20e6 + 4 * QUANT_BLOCK_BYTES, m

@@ -136,3 +136,15 @@ def test_state_round_trip_and_bytes():
         assert c.nbytes(25) == 25 * row_bytes(20, kind, 4)
     with pytest.raises(ValueError, match="do not fit"):
         d.load_state((torch.zeros(3, 20),))  # fp32 rows into an fp8 cache
+
+
+def test_blockwise_attention_runs_in_and_out_of_inference_mode():
+    # the reused per-thread block buffer is a normal tensor: made inside inference mode, it must still be
+    # writable outside it (a test or a user calling the model without inference mode after a session)
+    cache = LatentCache(24, 16, capacity=40, dtype=torch.float32, device="cpu", kv_dtype="bf16")
+    cache.write(0, torch.randn(40, 24))
+    q_lat, q_pe = torch.randn(1, 2, 16), torch.randn(1, 2, 8)
+    attention.SCRATCH.buffers.clear()
+    with torch.inference_mode():
+        inside = attention.absorbed(q_lat, q_pe, cache, 39, 0.1, 8)
+    assert torch.equal(attention.absorbed(q_lat, q_pe, cache, 39, 0.1, 8), inside)

@@ -43,7 +43,8 @@ class _Scratch(threading.local):
         key = (name, cols, dtype, device)
         buf = self.buffers.get(key)
         if buf is None or buf.shape[0] < rows:
-            buf = self.buffers[key] = torch.empty(rows, cols, dtype=dtype, device=device)
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                buf = self.buffers[key] = torch.empty(rows, cols, dtype=dtype, device=device)
         return buf
 
 
