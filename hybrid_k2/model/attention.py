@@ -51,14 +51,16 @@ class _Scratch(threading.local):
 SCRATCH = _Scratch()
 
 
-def choose_form(T: int, S: int, *, rank: int, nope: int, rope: int, v_dim: int) -> str:
-    """'absorbed' or 'expanded' for T queries over S positions: whichever does fewer multiply-adds (per head).
+def choose_form(T: int, S: int, *, rank: int, nope: int, rope: int, v_dim: int, absorbed_speed: float = 1.0) -> str:
+    """'absorbed' or 'expanded' for T queries over S positions: whichever takes less time, counted in
+    multiply-adds (per head) with the absorbed form's ones run `absorbed_speed` times as fast as the
+    expanded form's (1: the same torch matmuls; a faster absorbed implementation says how much faster).
 
     absorbed also folds W_UK into the queries and W_UV into the output (T R (N + V)), which only matters
     when S is short: a short first prompt expands its few rows instead."""
     absorbed = T * S * (2 * rank + rope) + T * rank * (nope + v_dim)
     expanded = S * rank * (nope + v_dim) + T * S * (nope + rope + v_dim)
-    return "absorbed" if absorbed <= expanded else "expanded"
+    return "absorbed" if absorbed <= expanded * absorbed_speed else "expanded"
 
 
 class OnlineSoftmax:

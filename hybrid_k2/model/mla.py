@@ -79,7 +79,9 @@ class MLA(nn.Module):
             cache.write(start, rows)  # positions start..start+T-1
             form = self.impl
         if form == "auto":
-            form = attention.choose_form(T, start + T, rank=R, nope=self.nope, rope=self.rope, v_dim=self.v_dim)
+            speed = getattr(self.absorbed_attention, "speed", 1.0)  # a faster drop-in says how much faster
+            form = attention.choose_form(T, start + T, rank=R, nope=self.nope, rope=self.rope, v_dim=self.v_dim,
+                                         absorbed_speed=speed)
         if form == "reference":
             latent = cache.read(0, start + T, x.dtype)  # [S, R + P]
             c_all, pe_all = latent[:, :R], latent[:, R:]  # [S, R], [S, P]
