@@ -51,3 +51,18 @@ def make_model(tmp_path_factory):
         return cache[spec]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    """A real `hybrid-k2 serve` on loopback for the module's tests (serve_helpers.shared_server); a module
+    that needs other flags defines its own."""
+    from serve_helpers import shared_server
+
+    return shared_server(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The real `openai` client on `server`."""
+    return server.client()

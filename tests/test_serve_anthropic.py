@@ -23,11 +23,6 @@ GREEDY = {"extra_body": {"temperature": 0}}     # the SDK has no sampling argume
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model):
-    return shared_server(tiny_model)
-
-
-@pytest.fixture(scope="module")
 def client(server):
     return anthropic.Anthropic(base_url=server.base, api_key=API_KEY, max_retries=0, timeout=120)
 

@@ -21,16 +21,6 @@ USER = [{"role": "user", "content": "What's the weather in Paris?"}]
 FAST = {"thinking_token_budget": 4}  # the random model never ends its reasoning by itself
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    return shared_server(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.client()
-
-
 def test_models(client):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]

@@ -7,12 +7,7 @@ import time
 
 import pytest
 
-from serve_helpers import MODEL, shared_server
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    return shared_server(tiny_model)
+from serve_helpers import MODEL
 
 
 def stream_text(client, i: int) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import sys
 import openai
 import pytest
 
-from serve_helpers import MODEL, render_prompt_ids, run_server, shared_server
+from serve_helpers import MODEL, render_prompt_ids, run_server
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city"],
            "properties": {"city": {"enum": ["Paris", "Berlin", "Rome"]}}}
@@ -20,16 +20,6 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 USER = [{"role": "user", "content": "What's the weather in Paris?"}]
 FAST = {"thinking_token_budget": 4}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    return shared_server(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return server.client()
 
 
 @pytest.mark.parametrize("kw", [{"temperature": 5}, {"max_tokens": 0}, {"messages": [{"role": "wizard", "content": "x"}]},

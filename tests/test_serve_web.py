@@ -6,16 +6,11 @@ import time
 
 import pytest
 
-from serve_helpers import API_KEY, shared_server
+from serve_helpers import API_KEY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromedriver (apt: chromium chromium-driver)")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    return shared_server(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -176,10 +176,7 @@ void fold_rows_avx2(const float* x, int64_t ldx, int T, const float* w, int64_t 
       const float* xt = x + t * ldx;
       const float* w0 = w + o * ldw;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      const float* next = w0 + (o + 8 <= O ? 4 * ldw : 0);  // the block after next, 4 rows ahead
       for (int i = 0; i < I8; i += 8) {
-        if (t == 0 && (i & 15) == 0)
-          for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * ldw + i), _MM_HINT_T0);
         const __m256 b = _mm256_loadu_ps(xt + i);
         a0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + i), a0);
         a1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + ldw + i), a1);
@@ -191,12 +188,7 @@ void fold_rows_avx2(const float* x, int64_t ldx, int T, const float* w, int64_t 
         for (int j = 0; j < 4; ++j) r[j] += xt[i] * w0[j * ldw + i];
       for (int j = 0; j < 4; ++j) y[t * ldy + o + j] = r[j];
     }
-  for (; o < O; ++o)
-    for (int t = 0; t < T; ++t) {
-      float acc = 0.f;
-      for (int i = 0; i < I; ++i) acc += x[t * ldx + i] * w[o * ldw + i];
-      y[t * ldy + o] = acc;
-    }
+  if (o < O) mla_kernels_scalar()->fold_rows(x, ldx, T, w + o * ldw, ldw, I, O - o, y + o, ldy);  // last rows
 }
 
 const MlaKernels kAvx2{"avx2", block_avx2, fold_cols_avx2, fold_rows_avx2};

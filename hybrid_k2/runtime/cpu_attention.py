@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from hybrid_k2.kernels.mla_attention import mla_absorbed, mla_fold
 from hybrid_k2.model import attention
 
 
@@ -30,8 +31,6 @@ class CpuAbsorbedAttention:
         if (isinstance(start, torch.Tensor) or cache.device.type != "cpu" or cache.data is None
                 or w.dtype != torch.float32 or w.device.type != "cpu"):
             return attention.absorbed_heads(q_nope, q_pe, w, cache, start, scale, block)  # graph form, other devices
-        from hybrid_k2.kernels.mla_attention import mla_absorbed, mla_fold
-
         N = q_nope.shape[-1]
         q_lat = mla_fold(x=q_nope.float().contiguous(), w=w[:, :N], form="cols", threads=self.threads)  # [T, H, R]
         q = torch.cat((q_lat, q_pe.float()), dim=-1).mul_(scale)  # [T, H, R + P]

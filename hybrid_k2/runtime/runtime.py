@@ -76,26 +76,20 @@ def prepare(args: ModelArgs, config: RuntimeConfig | None, *, device: torch.devi
     return Prepared(args, config, placement, backend, plan, device, precision)
 
 
-def device_placement(config: RuntimeConfig, device: torch.device, precision: str, backend: str):
-    """POLICY: on device = cpu in precision "fast" with the kernels built, the device side's linears go
-    int8 on the CPU kernels (placement.CPU_INT8_RULES); "exact" keeps the fp32 torch path unchanged."""
+def cpu_device_kernels(device: torch.device, precision: str, backend: str) -> bool:
+    """POLICY: on device = cpu in precision "fast" with the kernels built, the device side runs on the CPU
+    kernels: its linears as int8 (placement.CPU_INT8_RULES, runtime/int8.py) and the absorbed MLA form
+    (runtime/cpu_attention.py); "exact" keeps the fp32 torch path unchanged."""
     from hybrid_k2.runtime.int8 import kernels_built
 
-    if device.type == "cpu" and precision == "fast" and backend == "kernel" and kernels_built():
+    return device.type == "cpu" and precision == "fast" and backend == "kernel" and kernels_built()
+
+
+def device_placement(config: RuntimeConfig, device: torch.device, precision: str, backend: str):
+    """The placement rules, with CPU_INT8_RULES added where the device side runs on the CPU kernels."""
+    if cpu_device_kernels(device, precision, backend):
         return config.placement.with_cpu_int8()
     return config.placement
-
-
-def cpu_attention_on(device: torch.device, precision: str, backend: str) -> bool:
-    """POLICY: on device = cpu in precision "fast" with the kernels built, decode and short chunks attend
-    on the CPU kernels (runtime/cpu_attention.py); "exact" keeps torch's blockwise attention."""
-    if device.type != "cpu" or precision != "fast" or backend != "kernel":
-        return False
-    try:
-        from hybrid_k2 import _C
-    except ImportError:
-        return False
-    return hasattr(_C, "mla_absorbed")
 
 
 def torch_threads_for(config: RuntimeConfig, device: torch.device, backend: str) -> int | None:
@@ -136,7 +130,7 @@ class Runtime:
             for layer in net.model.layers:
                 if hasattr(layer.mlp, "experts"):
                     layer.mlp.experts.impl = self._module_impl(layer.layer)
-        self._configure_cpu_linears()
+        self._configure_cpu_device_side()
         self.runner = self.executor if self.config.executor == "hybrid" else net
         self.graphs = None  # CUDA-graph decode: eager executor for what graphs do not cover (cuda_graph.py)
         if (net.device.type == "cuda" and self.config.cuda_graphs and self.config.executor == "hybrid"
@@ -145,7 +139,7 @@ class Runtime:
 
             self.graphs = GraphDecoder(self)
 
-    def _configure_cpu_linears(self) -> None:
+    def _configure_cpu_device_side(self) -> None:
         """The device side's int8 linears and absorbed attention on the CPU share the experts' kernel pool
         (same size: one pool)."""
         from hybrid_k2.kernels.tuning import gemm_min_tokens
@@ -156,7 +150,7 @@ class Runtime:
             if isinstance(m, CpuInt8Linear):
                 crossover = crossover or gemm_min_tokens(threads=self.threads)
                 m.threads, m.gemm_min_tokens = self.threads, crossover
-        if cpu_attention_on(self.net.device, self.prepared.precision, self.backend):
+        if cpu_device_kernels(self.net.device, self.prepared.precision, self.backend):
             from hybrid_k2.runtime import cpu_attention
 
             cpu_attention.install(self.net, self.threads)
@@ -195,7 +189,7 @@ class Runtime:
             self.executor.scheduler = self.scheduler
         if cpu_threads is not None:
             self.threads = self.cpu.threads = cpu_threads
-            self._configure_cpu_linears()
+            self._configure_cpu_device_side()
 
     # -- measurement --------------------------------------------------------------------------------
     def set_timer(self, timer: PhaseTimer | None) -> None:
