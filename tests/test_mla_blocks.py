@@ -89,7 +89,7 @@ def test_choose_form_crossover():
     assert attention.choose_form(169, 32768, **k2) == "absorbed"  # at depth: ~170 tokens, R (N + V) / 768
     assert attention.choose_form(171, 32768, **k2) == "expanded"
     # an absorbed form twice as fast (the CPU kernels on 2 threads against torch on one): a 512-token
-    # chunk at depth 8192 absorbs (measured 4.46 s against 6.06 s), a 512-token first prompt still expands
+    # chunk at depth 8192 absorbs (measured 4.59 s against 6.14 s), a 512-token first prompt still expands
     assert attention.choose_form(512, 8704, **k2, absorbed_speed=2.0) == "absorbed"
     assert attention.choose_form(512, 512, **k2, absorbed_speed=2.0) == "expanded"
 

@@ -20,9 +20,9 @@ class CpuAbsorbedAttention:
         self.threads = threads
         # POLICY for attention.choose_form: its multiply-adds run `threads` times as fast as the expanded
         # form's, which stays torch on the device side's one thread: per thread the kernel matches torch's
-        # fp32 matmul (69 against 67 GFLOP/s on this Zen3). Measured on one K2 layer at depth 8192 with 2
-        # threads: T = 512 absorbed here 4.46 s against expanded 6.06 s; at depth 0, T = 512, 0.55 s against
-        # 0.43 s, which the count keeps expanded (docs/placement.md section 2a).
+        # fp32 matmul (73 against 70 GFLOP/s at depth 32K on this Zen3). bench/bench_attention.py, one K2
+        # layer, 2 threads: T = 512 at depth 8192 absorbed here 4.59 s against expanded 6.14 s; at depth 0
+        # 0.52 s against 0.43 s, which the count keeps expanded (docs/placement.md section 2a).
         self.speed = float(threads)
 
     def __call__(self, q_nope: torch.Tensor, q_pe: torch.Tensor, w: torch.Tensor, cache, start, scale: float,
