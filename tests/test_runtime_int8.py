@@ -17,6 +17,18 @@ def test_quantisation_error_is_half_a_step_per_channel(shape):
     assert torch.equal(q.abs().amax(dim=1), torch.full((shape[0],), 127, dtype=torch.int8))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_quantisation_equals_one_block(monkeypatch, dtype):
+    w = (torch.randn(301, 40) * torch.logspace(-3, 1, 301)[:, None]).to(dtype)
+    whole = quantize_int8(w)
+    monkeypatch.setattr(int8, "QUANT_BLOCK_BYTES", 4 * 40 * 16)  # 16 rows per block, a ragged end
+    blocked = quantize_int8(w)
+    assert torch.equal(blocked[0], whole[0]) and torch.equal(blocked[1], whole[1])
+    wf = w.float()  # the plain formula
+    s = (wf.abs().amax(dim=1) / 127).clamp_min(1e-12)
+    assert torch.equal(whole[1], s) and torch.equal(whole[0], torch.round(wf / s[:, None]).to(torch.int8))
+
+
 def test_zero_rows_and_the_dequantised_view():
     w = torch.zeros(4, 64)
     w[1] = torch.linspace(-1, 1, 64)

@@ -96,6 +96,22 @@ class Loader:
                 store.load_expert(e, **parts)
 
     # -- everything else --------------------------------------------------------------------------
+    def _staging(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The destination of a read that is converted and dropped (a weight stored as int8): one buffer,
+        grown to the largest such tensor and reused. Reads allocated afresh left holes between the kept
+        int8 tensors that later tensors did not fit, so the peak RSS of loading depended on the heap's
+        history (up to 1.6x what is kept, on a 70 MB model). None where the checkpoint's entry is not a
+        float of that shape: reader.get then says what is wrong."""
+        dtype = self.reader.dtype(name)
+        if dtype not in FLOAT_DTYPES or self.reader.shape(name) != shape:
+            return None
+        n = shape[0] * shape[1] * dtype.itemsize
+        buf = self._buffers.get("linear_source")
+        if buf is None or buf.numel() < n:
+            self._buffers.pop("linear_source", None)  # the old one goes before the larger one comes
+            buf = self._buffers["linear_source"] = torch.empty(n, dtype=torch.uint8)
+        return buf[:n].view(dtype).view(shape)
+
     def load_linear(self, name: str, module: Linear, net: nn.Module | None = None) -> None:
         out_f, in_f = module.out_features, module.in_features
         if is_quantized(self.args, name):
@@ -103,7 +119,9 @@ class Loader:
             w = dequantize_int4(packed, scale, (out_f, in_f), torch.float32)
             self.used.update(f"{name}.{k}" for k in ("weight_packed", "weight_scale", "weight_shape"))
         else:
-            w = self.reader.get(f"{name}.weight", shape=(out_f, in_f), dtype=FLOAT_DTYPES)
+            to_int8 = self.placement is not None and net is not None and name in self.placement.int8_linears
+            staged = self._staging(f"{name}.weight", (out_f, in_f)) if to_int8 else None
+            w = self.reader.get(f"{name}.weight", shape=(out_f, in_f), dtype=FLOAT_DTYPES, out=staged)
             self.used.add(f"{name}.weight")
         if self.placement is not None and net is not None and name in self.placement.int8_linears:
             from hybrid_k2.runtime.int8 import make_int8_linear  # swapped in from outside the model
@@ -147,6 +165,7 @@ class Loader:
         for layer, store in sorted(stores.items()):
             steps.append((f"model.layers.{layer}.mlp.experts", lambda l=layer, s=store: self.load_experts(l, s)))
         self._run(steps)
+        self._buffers.clear()  # the scratch of loading goes before the model runs
         return [f"unused tensor in checkpoint: {n}" for n in self.reader.names() if n not in self.used]
 
     def _run(self, steps) -> None:

@@ -30,11 +30,17 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(out_f, in_f, dtype=torch.int8, device=w.device)
     scale = torch.empty(out_f, dtype=torch.float32, device=w.device)
     rows = max(1, QUANT_BLOCK_BYTES // (4 * max(1, in_f)))
+    # one fp32 block, worked in place: loading allocates nothing per block (fresh temporaries per block
+    # fragmented the heap between the kept int8 tensors, and the peak RSS of loading with it)
+    block = torch.empty(min(rows, out_f), in_f, dtype=torch.float32, device=w.device)
     for o0 in range(0, out_f, rows):
-        wf = w[o0:o0 + rows].float()  # [rows, in]
-        s = (wf.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # [rows]
-        q[o0:o0 + rows] = torch.round(wf / s[:, None]).clamp_(-127, 127)  # (wf may be w itself: no in-place)
-        scale[o0:o0 + rows] = s
+        o1 = min(o0 + rows, out_f)
+        wf = block[:o1 - o0]  # [rows, in]
+        wf.copy_(w[o0:o1])
+        lo, hi = torch.aminmax(wf, dim=1)  # [rows] each
+        s = (torch.maximum(hi, -lo) / 127.0).clamp_min(1e-12)  # [rows]
+        q[o0:o1].copy_(wf.div_(s[:, None]).round_().clamp_(-127, 127))
+        scale[o0:o1] = s
     return q, scale
 
 
