@@ -52,6 +52,18 @@ def test_system_blocks_and_string_content_are_the_same_prompt(client):
     assert a.input_tokens == b.input_tokens > 0
 
 
+def test_system_messages_within_the_conversation_stand_at_their_place(client, tiny_model):
+    # Claude Code (2.1.x, beta mid-conversation-system-2026-04-07) sends messages of role "system"
+    msgs = [*USER, {"role": "assistant", "content": "It prints."},
+            {"role": "system", "content": [{"type": "text", "text": "Answer in French."}]},
+            {"role": "user", "content": "Why?"}]
+    n = client.messages.count_tokens(model=MODEL, system="Be brief.", messages=msgs).input_tokens
+    plain = [*msgs[:2], {"role": "system", "content": "Answer in French."}, msgs[3]]
+    assert n == _prompt_len(tiny_model, [{"role": "system", "content": "Be brief."}, *plain])
+    r = client.messages.create(model=MODEL, max_tokens=3, messages=msgs, thinking={"type": "adaptive"})
+    assert r.usage.input_tokens + r.usage.cache_read_input_tokens == _prompt_len(tiny_model, plain)
+
+
 def test_count_tokens_is_the_template_prompt(client, tiny_model):
     n = client.messages.count_tokens(model=MODEL, messages=USER, tools=TOOLS).input_tokens
     assert n == _prompt_len(tiny_model, USER, OPENAI_TOOLS)
@@ -190,7 +202,9 @@ def test_auth(server):
     ({"model": MODEL, "messages": USER}, 400, "invalid_request_error", "max_tokens"),
     ({"model": MODEL, "max_tokens": 5, "messages": USER, "temperature": 1.5}, 400, "invalid_request_error", "temperature"),
     ({"model": MODEL, "max_tokens": 5, "messages": []}, 400, "invalid_request_error", "messages"),
-    ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, 400, "invalid_request_error", "role"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, 400, "invalid_request_error", "role"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [*USER, {"role": "system", "content": [
+        {"type": "tool_use", "id": "t1", "name": "read_file", "input": {}}]}]}, 400, "invalid_request_error", "text only"),
     ({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER}, 404, "not_found_error", "kimi-k2-thinking"),
     ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}]},

@@ -73,6 +73,13 @@ def test_unknown_route_and_method(server):
     check_error(server.http().get("/v1/chat/completions"), 405)
 
 
+def test_head_of_the_page_and_health(server):
+    # clients probe with HEAD before their first request (Claude Code: HEAD /); no key needed, no body
+    for path in ("/", "/health"):
+        r = server.http().head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+
+
 def test_too_long_prompt_names_the_numbers(server):
     r = server.http().post("/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": "word " * 400}]))
     err = check_error(r, 400, contains=str(CTX))

@@ -6,7 +6,8 @@ prefix cache and generation are the OpenAI route's own. What comes back (answer.
 shaped as Anthropic content blocks: reasoning -> `thinking`, content -> `text`, tool calls ->
 `tool_use` (id = K2's own `functions.NAME:IDX`, which clients echo back in `tool_result`).
 Translation of the request:
-- `system` (string or text blocks) -> a system message.
+- `system` (string or text blocks) -> a system message; a message of role `system` within `messages`
+  (text only; Claude Code sends them) -> a system message at its place.
 - user blocks: `text` -> a user message; `tool_result` -> a tool message (text content; with
   `is_error` its text is prefixed "Error: ", since K2's format has no error flag).
 - assistant blocks: `text` -> content, `thinking` -> reasoning_content, `tool_use` -> tool_calls
@@ -147,7 +148,9 @@ def to_chat_request(req: CountTokensRequest) -> ChatCompletionRequest:
     if system:
         messages.append({"role": "system", "content": system})
     for i, m in enumerate(req.messages):
-        if isinstance(m.content, str):
+        if m.role == "system":  # where it stands in the conversation, as K2's template renders any system turn
+            messages.append({"role": "system", "content": _texts(m.content, f"messages.{i}.content")})
+        elif isinstance(m.content, str):
             messages.append({"role": m.role, "content": m.content})
         elif m.role == "user":
             messages += _user(m.content, f"messages.{i}.content")

@@ -31,7 +31,8 @@ class Block(_Lenient):
 
 
 class Message(_Lenient):
-    role: Literal["user", "assistant"]
+    # "system" mid-conversation: Claude Code sends them (beta mid-conversation-system-2026-04-07)
+    role: Literal["user", "assistant", "system"]
     content: Union[str, list[Block]]
 
 

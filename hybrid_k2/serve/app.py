@@ -54,11 +54,12 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None, max_queue: int 
     for name, (help_, fn) in engine.cache_gauges().items():
         metrics.add_gauge(name, help_, fn)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    # HEAD too: clients check that the server is up with it (Claude Code sends HEAD / before its first request)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     def web_chat() -> HTMLResponse:
         return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"))
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": engine.served_model_name}
 
