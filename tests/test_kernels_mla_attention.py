@@ -103,6 +103,40 @@ def test_folds_equal_the_einsums(isa, form, T, H, N, V, R):
     assert (got - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("form", ["cols", "rows"])
+@pytest.mark.parametrize("T,H,N,V,R", [(1, 4, 16, 16, 40), (3, 5, 24, 8, 37), (2, 64, 128, 128, 512)])
+def test_int8_folds_equal_the_einsums_of_the_widened_weight(isa, form, T, H, N, V, R):
+    g = torch.Generator().manual_seed(T + H + 1)
+    w = torch.randint(-127, 128, (H, N + V, R), dtype=torch.int8, generator=g)  # an int8 kv_b_proj as [H, N + V, R]
+    wf = w.float()
+    if form == "cols":
+        x = torch.randn(T, H, N, generator=g)
+        ref, got = torch.einsum("thn,hnr->thr", x, wf[:, :N]), mla_fold(x=x, w=w[:, :N], form="cols", isa=isa)
+    else:
+        x = torch.randn(T, H, R, generator=g)
+        ref, got = torch.einsum("thr,hvr->thv", x, wf[:, N:]), mla_fold(x=x, w=w[:, N:], form="rows", isa=isa)
+    assert (got - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_int8_head_weights_equal_their_dequantised_matrix():
+    """absorbed_heads and the drop-in given an int8 kv_b_proj (w, row scales) = given w * scale in fp32."""
+    from hybrid_k2.runtime.int8 import quantize_int8
+
+    H, N, V, R, P = 4, 16, 8, 32, 8
+    cache, _, q_pe = case(3, H, R, P, 30, "bf16")
+    g = torch.Generator().manual_seed(5)
+    q_nope = torch.randn(3, H, N, generator=g)
+    q8, s = quantize_int8(torch.randn(H * (N + V), R, generator=g) * torch.logspace(-2, 0, H * (N + V))[:, None])
+    w8, s8 = q8.view(H, N + V, R), s.view(H, N + V)
+    wf = w8.float() * s8[..., None]  # the dequantised matrix, [H, N + V, R]
+    ref = attention.absorbed_heads(q_nope, q_pe, wf, cache, 30, SCALE, 64)
+    torch_int8 = attention.absorbed_heads(q_nope, q_pe, w8, cache, 30, SCALE, 64, w_scale=s8)
+    assert (torch_int8 - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+    cpu = CpuAbsorbedAttention(threads=2)(q_nope, q_pe, w8, cache, 30, SCALE, 64, w_scale=s8)
+    assert (cpu - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
 def test_fold_bad_input_is_one_clear_error():
     w = torch.randn(4, 24, 32)
     with pytest.raises(HybridK2Error, match="does not fold"):
@@ -111,6 +145,8 @@ def test_fold_bad_input_is_one_clear_error():
         mla_fold(x=torch.randn(1, 4, 16), w=w[:, :16], form="diagonal")
     with pytest.raises(HybridK2Error, match="last dimension contiguous"):
         mla_fold(x=torch.randn(1, 4, 16), w=w[:, :16].mT, form="rows")
+    with pytest.raises(HybridK2Error, match="w must be a 3-D float32 or int8"):
+        mla_fold(x=torch.randn(1, 4, 16), w=w[:, :16].to(torch.bfloat16), form="cols")
 
 
 def test_drop_in_equals_torch_and_falls_back_for_static_positions():

@@ -51,6 +51,27 @@ def test_blockwise_equals_reference(exact, form, start, T, block):
     assert rel_err(attend(exact, form, block, x, prefix, start), ref) <= REL
 
 
+@pytest.mark.parametrize("kind", ["torch", "cpu kernels"])
+def test_int8_kv_b_proj_is_folded_as_stored(exact, kind):
+    """An int8 kv_b_proj (device-int8 placement, or fast on the CPU): both forms read its int8 rows and
+    scales (MLA.attention_weight) and equal the reference, which dequantises the matrix."""
+    from hybrid_k2.runtime.int8 import CpuInt8Linear, Int8Linear
+
+    attn = exact.net.model.layers[1].self_attn
+    dense = attn.kv_b_proj
+    cls = Int8Linear if kind == "torch" else CpuInt8Linear
+    attn.kv_b_proj = cls.from_weight(dense.weight.detach(), device=torch.device("cpu"), dtype=torch.float32)
+    try:
+        assert attn.attention_weight()[0].dtype == torch.int8
+        torch.manual_seed(4)
+        x, prefix = torch.randn(20, exact.args.hidden_size), torch.randn(70, exact.args.kv_dim)
+        ref = attend(exact, "reference", 0, x, prefix, 70)
+        for form in ("absorbed", "expanded"):
+            assert rel_err(attend(exact, form, 16, x, prefix, 70), ref) <= REL, form
+    finally:
+        attn.kv_b_proj = dense
+
+
 @pytest.mark.parametrize("kv_dtype", ["bf16", "fp8"])
 def test_blockwise_equals_reference_on_stored_kinds(exact, kv_dtype):
     """Both read the same dequantised rows: the storage kind changes the values, not the agreement."""

@@ -134,15 +134,29 @@ void mla_absorbed(const MlaKernels& k, const float* q, int T, int H, int R, int 
   });
 }
 
-void mla_fold(const MlaKernels& k, bool cols, const float* x, int T, int H, int I, int O, const float* w,
-              int64_t head_stride, int64_t ldw, float* y, int threads) {
+namespace {
+
+template <typename W, typename Fn>
+void fold_heads(Fn fn, const float* x, int T, int H, int I, int O, const W* w, int64_t head_stride, int64_t ldw,
+                float* y, int threads) {
   HK2_CHECK(T >= 1 && H >= 1 && I >= 1 && O >= 1, "mla_fold: bad shape T=" << T << " H=" << H << " I=" << I
                                                                            << " O=" << O);
   HK2_CHECK(threads >= 1, "threads must be >= 1, got " << threads);
-  const MlaFoldFn fn = cols ? k.fold_cols : k.fold_rows;
   parallel_items(H, threads, [&](int h) {
     fn(x + int64_t(h) * I, int64_t(H) * I, T, w + h * head_stride, ldw, I, O, y + int64_t(h) * O, int64_t(H) * O);
   });
+}
+
+}  // namespace
+
+void mla_fold(const MlaKernels& k, bool cols, const float* x, int T, int H, int I, int O, const float* w,
+              int64_t head_stride, int64_t ldw, float* y, int threads) {
+  fold_heads(cols ? k.fold_cols : k.fold_rows, x, T, H, I, O, w, head_stride, ldw, y, threads);
+}
+
+void mla_fold(const MlaKernels& k, bool cols, const float* x, int T, int H, int I, int O, const int8_t* w,
+              int64_t head_stride, int64_t ldw, float* y, int threads) {
+  fold_heads(cols ? k.fold_cols_i8 : k.fold_rows_i8, x, T, H, I, O, w, head_stride, ldw, y, threads);
 }
 
 }  // namespace hk2

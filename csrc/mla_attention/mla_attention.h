@@ -39,13 +39,18 @@ using MlaBlockFn = void (*)(const float* q, int G, int K, const float* kv, int n
 // One head's fold into / out of the latent space, y [T, O] (row stride ldy) from x [T, I] (row stride ldx):
 //   cols  y[t, o] = sum_i x[t, i] w[i ldw + o]   (W_UK [N, R]: q_nope -> q_lat)
 //   rows  y[t, o] = sum_i x[t, i] w[o ldw + i]   (W_UV [V, R]: o_lat -> o)
+// The same with int8 weights (an int8 kv_b_proj: its per-row scales are applied by the caller, to x for
+// cols (W_UK's rows are x's columns) and to y for rows), widened to fp32 in registers.
 using MlaFoldFn = void (*)(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
                            int64_t ldy);
+using MlaFoldI8Fn = void (*)(const float* x, int64_t ldx, int T, const int8_t* w, int64_t ldw, int I, int O, float* y,
+                             int64_t ldy);
 
 struct MlaKernels {
   const char* name;
   MlaBlockFn block;
   MlaFoldFn fold_cols, fold_rows;
+  MlaFoldI8Fn fold_cols_i8, fold_rows_i8;
 };
 
 const MlaKernels* mla_kernels_scalar();
@@ -66,6 +71,8 @@ void mla_absorbed(const MlaKernels& k, const float* q, int T, int H, int R, int 
 // y [T, H, O] fp32 = every head's fold of x [T, H, I] fp32 by its weight at w + h head_stride (row stride
 // ldw; `cols` picks the form above), one item per head on `threads` participants of the shared pool.
 void mla_fold(const MlaKernels& k, bool cols, const float* x, int T, int H, int I, int O, const float* w,
+              int64_t head_stride, int64_t ldw, float* y, int threads);
+void mla_fold(const MlaKernels& k, bool cols, const float* x, int T, int H, int I, int O, const int8_t* w,
               int64_t head_stride, int64_t ldw, float* y, int threads);
 
 // The number of position ranges mla_absorbed splits S into for T H query rows (shape only).

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "common.h"
 #include "mla_attention/mla_attention.h"
@@ -148,50 +149,65 @@ void block_avx2(const float* q, int G, int K, const float* kv, int n, int R, con
 
 // cols: the weight is streamed once, row after row (a row is 2 KB for K2's R = 512): each row i adds
 // x[t, i] * w[i] to every token's output row, which stays in L1 (T x O floats; 2 KB per token).
-void fold_cols_avx2(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+// 8 weights as fp32: fp32 loaded as they are, int8 widened (8 bytes -> 8 lanes)
+inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+inline __m256 load8(const int8_t* w) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))));
+}
+
+template <typename W>
+void fold_cols_avx2(const float* x, int64_t ldx, int T, const W* w, int64_t ldw, int I, int O, float* y,
                     int64_t ldy) {
   const int O8 = O & ~7;
   for (int t = 0; t < T; ++t) std::fill(y + t * ldy, y + t * ldy + O, 0.f);
   for (int i = 0; i < I; ++i) {
-    const float* wr = w + i * ldw;
+    const W* wr = w + i * ldw;
     for (int t = 0; t < T; ++t) {
       const float xi = x[t * ldx + i];
       const __m256 b = _mm256_set1_ps(xi);
       float* yt = y + t * ldy;
       for (int o = 0; o < O8; o += 8)
-        _mm256_storeu_ps(yt + o, _mm256_fmadd_ps(b, _mm256_loadu_ps(wr + o), _mm256_loadu_ps(yt + o)));
-      for (int o = O8; o < O; ++o) yt[o] += xi * wr[o];
+        _mm256_storeu_ps(yt + o, _mm256_fmadd_ps(b, load8(wr + o), _mm256_loadu_ps(yt + o)));
+      for (int o = O8; o < O; ++o) yt[o] += xi * float(wr[o]);
     }
   }
 }
 
 // rows: 4 weight rows at a time, each x load shared by 4 FMAs, one horizontal sum per row; the 4 rows
-// (8 KB for K2's R = 512) stay in L1 while the call's other tokens use them.
-void fold_rows_avx2(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y,
+// (8 KB for K2's R = 512 in fp32, 2 KB in int8) stay in L1 while the call's other tokens use them.
+template <typename W>
+void fold_rows_avx2(const float* x, int64_t ldx, int T, const W* w, int64_t ldw, int I, int O, float* y,
                     int64_t ldy) {
   const int I8 = I & ~7;
   int o = 0;
   for (; o + 4 <= O; o += 4)
     for (int t = 0; t < T; ++t) {
       const float* xt = x + t * ldx;
-      const float* w0 = w + o * ldw;
+      const W* w0 = w + o * ldw;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int i = 0; i < I8; i += 8) {
         const __m256 b = _mm256_loadu_ps(xt + i);
-        a0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + i), a0);
-        a1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + ldw + i), a1);
-        a2 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + 2 * ldw + i), a2);
-        a3 = _mm256_fmadd_ps(b, _mm256_loadu_ps(w0 + 3 * ldw + i), a3);
+        a0 = _mm256_fmadd_ps(b, load8(w0 + i), a0);
+        a1 = _mm256_fmadd_ps(b, load8(w0 + ldw + i), a1);
+        a2 = _mm256_fmadd_ps(b, load8(w0 + 2 * ldw + i), a2);
+        a3 = _mm256_fmadd_ps(b, load8(w0 + 3 * ldw + i), a3);
       }
       float r[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
       for (int i = I8; i < I; ++i)
-        for (int j = 0; j < 4; ++j) r[j] += xt[i] * w0[j * ldw + i];
+        for (int j = 0; j < 4; ++j) r[j] += xt[i] * float(w0[j * ldw + i]);
       for (int j = 0; j < 4; ++j) y[t * ldy + o + j] = r[j];
     }
-  if (o < O) mla_kernels_scalar()->fold_rows(x, ldx, T, w + o * ldw, ldw, I, O - o, y + o, ldy);  // last rows
+  if (o < O) {  // the last rows by the scalar fold
+    const MlaKernels* ref = mla_kernels_scalar();
+    if constexpr (std::is_same_v<W, float>)
+      ref->fold_rows(x, ldx, T, w + o * ldw, ldw, I, O - o, y + o, ldy);
+    else
+      ref->fold_rows_i8(x, ldx, T, w + o * ldw, ldw, I, O - o, y + o, ldy);
+  }
 }
 
-const MlaKernels kAvx2{"avx2", block_avx2, fold_cols_avx2, fold_rows_avx2};
+const MlaKernels kAvx2{"avx2", block_avx2, fold_cols_avx2<float>, fold_rows_avx2<float>,
+                       fold_cols_avx2<int8_t>, fold_rows_avx2<int8_t>};
 
 }  // namespace
 

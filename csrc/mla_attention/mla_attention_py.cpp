@@ -37,15 +37,20 @@ void register_mla_attention(py::module_& m) {
       py::arg("kind"), py::arg("S"), py::arg("start"), py::arg("out"), py::arg("isa"), py::arg("threads"));
   m.def(
       "mla_fold",
-      [](bool cols, uintptr_t x, int T, int H, int I, int O, uintptr_t w, int64_t head_stride, int64_t ldw, uintptr_t y,
-         const std::string& isa, int threads) {
+      [](bool cols, uintptr_t x, int T, int H, int I, int O, uintptr_t w, bool int8_weights, int64_t head_stride,
+         int64_t ldw, uintptr_t y, const std::string& isa, int threads) {
         const MlaKernels* k = mla_kernels_for(isa);
+        const float* xp = reinterpret_cast<const float*>(x);
+        float* yp = reinterpret_cast<float*>(y);
         py::gil_scoped_release nogil;
-        mla_fold(*k, cols, reinterpret_cast<const float*>(x), T, H, I, O, reinterpret_cast<const float*>(w),
-                 head_stride, ldw, reinterpret_cast<float*>(y), threads);
+        if (int8_weights)
+          mla_fold(*k, cols, xp, T, H, I, O, reinterpret_cast<const int8_t*>(w), head_stride, ldw, yp, threads);
+        else
+          mla_fold(*k, cols, xp, T, H, I, O, reinterpret_cast<const float*>(w), head_stride, ldw, yp, threads);
       },
       py::arg("cols"), py::arg("x"), py::arg("T"), py::arg("H"), py::arg("I"), py::arg("O"), py::arg("w"),
-      py::arg("head_stride"), py::arg("ldw"), py::arg("y"), py::arg("isa"), py::arg("threads"));
+      py::arg("int8_weights"), py::arg("head_stride"), py::arg("ldw"), py::arg("y"), py::arg("isa"),
+      py::arg("threads"));
 }
 
 }  // namespace hk2

@@ -41,18 +41,19 @@ void block_ref(const float* q, int G, int K, const float* kv, int n, int R, cons
   }
 }
 
-// y[t, o] = sum_i x[t, i] W(i, o), W(i, o) = w[i ldw + o] (cols) or w[o ldw + i] (rows).
-template <bool kCols>
-void fold_ref(const float* x, int64_t ldx, int T, const float* w, int64_t ldw, int I, int O, float* y, int64_t ldy) {
+// y[t, o] = sum_i x[t, i] W(i, o), W(i, o) = w[i ldw + o] (cols) or w[o ldw + i] (rows); W fp32 or int8.
+template <bool kCols, typename W>
+void fold_ref(const float* x, int64_t ldx, int T, const W* w, int64_t ldw, int I, int O, float* y, int64_t ldy) {
   for (int t = 0; t < T; ++t)
     for (int o = 0; o < O; ++o) {
       float acc = 0.f;
-      for (int i = 0; i < I; ++i) acc += x[t * ldx + i] * (kCols ? w[i * ldw + o] : w[o * ldw + i]);
+      for (int i = 0; i < I; ++i) acc += x[t * ldx + i] * float(kCols ? w[i * ldw + o] : w[o * ldw + i]);
       y[t * ldy + o] = acc;
     }
 }
 
-const MlaKernels kScalar{"scalar", block_ref, fold_ref<true>, fold_ref<false>};
+const MlaKernels kScalar{"scalar", block_ref, fold_ref<true, float>, fold_ref<false, float>,
+                         fold_ref<true, int8_t>, fold_ref<false, int8_t>};
 
 }  // namespace
 

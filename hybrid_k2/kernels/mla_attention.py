@@ -86,13 +86,14 @@ def mla_fold(*, x: torch.Tensor, w: torch.Tensor, form: str, threads: int | None
     """Every head's fold, x [T, H, I] fp32 -> [T, H, O] fp32:
          form "cols": y[t, h, o] = sum_i x[t, h, i] w[h, i, o]   (w [H, I, O]: W_UK, q_nope -> q_lat)
          form "rows": y[t, h, o] = sum_i x[t, h, i] w[h, o, i]   (w [H, O, I]: W_UV, o_lat -> o)
-    w: fp32 on the CPU, its last dimension contiguous (a view into kv_b_proj's [H, N + V, R] weight is fine).
+    w: fp32 or int8 on the CPU, its last dimension contiguous (a view into kv_b_proj's [H, N + V, R] weight
+    is fine); int8 is widened in registers, its scales are the caller's (see runtime/cpu_attention.py).
     The einsums of model/attention.py `absorbed_heads` are the reference."""
     if form not in FOLD_FORMS:
         raise HybridK2Error(f"form must be one of {', '.join(FOLD_FORMS)}, got {form!r}")
-    for name, t in (("x", x), ("w", w)):
-        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 3:
-            raise HybridK2Error(f"{name} must be a 3-D float32 CPU tensor")
+    for name, t, dtypes in (("x", x, (torch.float32,)), ("w", w, (torch.float32, torch.int8))):
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype not in dtypes or t.dim() != 3:
+            raise HybridK2Error(f"{name} must be a 3-D {' or '.join(str(d)[6:] for d in dtypes)} CPU tensor")
     if not x.is_contiguous() or w.stride(2) != 1 or w.stride(1) < w.shape[2] or w.stride(0) < 1:
         raise HybridK2Error("x must be contiguous and w's last dimension contiguous")
     T, H, I = x.shape
@@ -104,6 +105,7 @@ def mla_fold(*, x: torch.Tensor, w: torch.Tensor, form: str, threads: int | None
     path = resolve_isa(isa, _C) if isa is not None or os.environ.get(ISA_ENV) else auto_candidates(_C)[0]
     O = w.shape[2 if form == "cols" else 1]
     y = torch.empty(T, H, O, dtype=torch.float32)
-    _C.mla_fold(form == "cols", x.data_ptr(), T, H, I, O, w.data_ptr(), w.stride(0), w.stride(1), y.data_ptr(), path,
+    _C.mla_fold(form == "cols", x.data_ptr(), T, H, I, O, w.data_ptr(), w.dtype == torch.int8, w.stride(0), w.stride(1),
+                y.data_ptr(), path,
                 threads if threads is not None else _C.default_threads())
     return y

@@ -121,14 +121,24 @@ def absorbed(q_lat: torch.Tensor, q_pe: torch.Tensor, cache, start: int | torch.
 
 
 def absorbed_heads(q_nope: torch.Tensor, q_pe: torch.Tensor, w: torch.Tensor, cache, start: int | torch.Tensor,
-                   scale: float, block: int) -> torch.Tensor:
+                   scale: float, block: int, *, w_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The absorbed form whole: q_nope [T, H, N], q_pe [T, H, P] and kv_b_proj's weight w as [H, N + V, R]
     (W_UK = w[:, :N], W_UV = w[:, N:]) -> o [T, H, V] in w's dtype.
-    q_lat = q_nope W_UK (fold in), attention in the latent space (`absorbed`), o = o_lat W_UV^T (fold out)."""
+    q_lat = q_nope W_UK (fold in), attention in the latent space (`absorbed`), o = o_lat W_UV^T (fold out).
+
+    w int8 with w_scale [H, N + V] (an int8 kv_b_proj, row (h, i) = w[h, i] * w_scale[h, i]): the scales
+    of W_UK's rows go onto q_nope's columns and those of W_UV's rows onto the output, and the matrix is
+    only cast (exactly) to the dtype it multiplies in: fp32 on the CPU, q_nope's on a GPU. -> o [T, H, V]
+    in that dtype."""
     N = q_nope.shape[-1]
-    q_lat = torch.einsum("thn,hnr->thr", q_nope.to(w.dtype), w[:, :N])  # [T, H, R]
+    if w_scale is None:
+        q_lat = torch.einsum("thn,hnr->thr", q_nope.to(w.dtype), w[:, :N])  # [T, H, R]
+        o_lat = absorbed(q_lat, q_pe, cache, start, scale, block)  # [T, H, R] fp32
+        return torch.einsum("thr,hvr->thv", o_lat.to(w.dtype), w[:, N:])  # [T, H, V]
+    dt = torch.float32 if w.device.type == "cpu" else q_nope.dtype
+    q_lat = torch.einsum("thn,hnr->thr", (q_nope.float() * w_scale[:, :N]).to(dt), w[:, :N].to(dt))  # [T, H, R]
     o_lat = absorbed(q_lat, q_pe, cache, start, scale, block)  # [T, H, R] fp32
-    return torch.einsum("thr,hvr->thv", o_lat.to(w.dtype), w[:, N:])  # [T, H, V]
+    return torch.einsum("thr,hvr->thv", o_lat.to(dt), w[:, N:].to(dt)) * w_scale[:, N:].to(dt)  # [T, H, V]
 
 
 def expanded(q_nope: torch.Tensor, q_pe: torch.Tensor, cache, kv_b_proj, start: int, scale: float,

@@ -88,25 +88,36 @@ class MLA(nn.Module):
             o = (self._absorbed if T == 1 else self._naive)(q_nope, q_pe, c_all, pe_all, start)
         else:
             block = self.block or attention.block_for(x.device.type, T)
-            w = self.attention_weight()  # [H (N + V), R]
+            w, w_scale = self.attention_weight()  # [H (N + V), R], [H (N + V)] or None
             if form == "absorbed":
                 w_heads = w.view(H, self.nope + self.v_dim, R)  # [H, N + V, R]: W_UK rows, then W_UV rows
-                o = self.absorbed_attention(q_nope, q_pe, w_heads, cache, start, self.scale, block)  # [T, H, V]
+                s_heads = None if w_scale is None else w_scale.view(H, self.nope + self.v_dim)  # [H, N + V]
+                o = self.absorbed_attention(q_nope, q_pe, w_heads, cache, start, self.scale, block,
+                                            w_scale=s_heads)  # [T, H, V]
             else:
-                o = attention.expanded(q_nope, q_pe, cache, lambda c: F.linear(c.to(w.dtype), w), start,
-                                       self.scale, block, self.v_dim)  # [T, H, V]
+                if w_scale is None:
+                    expand = lambda c: F.linear(c.to(w.dtype), w)  # noqa: E731
+                else:  # the int8 linear itself, in fp32 on the CPU (as the fp32 copy of a bf16 weight would)
+                    expand = lambda c: self.kv_b_proj(c.float() if c.device.type == "cpu" else c)  # noqa: E731
+                o = attention.expanded(q_nope, q_pe, cache, expand, start, self.scale, block, self.v_dim)  # [T, H, V]
         return self.o_proj(o.to(x.dtype).reshape(T, H * self.v_dim))
 
-    def attention_weight(self) -> torch.Tensor:
-        """kv_b_proj's weight [H (N + V), R] in the dtype the blockwise attention multiplies in: the compute
-        dtype, except bf16 on the CPU, whose matmuls run at a few GFLOP/s without AVX-512-BF16: there an
-        fp32 copy is kept (32 MB per K2 layer, counted by the planner), made once."""
+    def attention_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """kv_b_proj's weight [H (N + V), R] as the blockwise attention multiplies it, and its per-row scale:
+        - an int8 kv_b_proj (swapped in from outside, runtime/int8.py: `weight_int8`, `weight_scale`): the
+          int8 matrix and its scale [H (N + V)], folded as they are (no dequantised copy per step);
+        - otherwise the weight in the compute dtype and None, except bf16 on the CPU, whose matmuls run at a
+          few GFLOP/s without AVX-512-BF16: there an fp32 copy is kept (32 MB per K2 layer, counted by the
+          planner), made once."""
+        q8 = getattr(self.kv_b_proj, "weight_int8", None)
+        if q8 is not None:
+            return q8, self.kv_b_proj.weight_scale
         w = self.kv_b_proj.weight
         if w.device.type != "cpu" or w.dtype == torch.float32:
-            return w
+            return w, None
         if self._weight_f32 is None or self._weight_f32[0] is not w:
             self._weight_f32 = (w, w.float())
-        return self._weight_f32[1]
+        return self._weight_f32[1], None
 
     def absorb_weights(self, w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b_proj's weight split into W_UK [H, N, R] and W_UV [H, V, R] (views)."""

@@ -26,17 +26,21 @@ class CpuAbsorbedAttention:
         self.speed = float(threads)
 
     def __call__(self, q_nope: torch.Tensor, q_pe: torch.Tensor, w: torch.Tensor, cache, start, scale: float,
-                 block: int) -> torch.Tensor:
-        """attention.absorbed_heads: q_nope [T, H, N], q_pe [T, H, P], w [H, N + V, R] -> o [T, H, V] fp32."""
+                 block: int, *, w_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """attention.absorbed_heads: q_nope [T, H, N], q_pe [T, H, P], w [H, N + V, R] fp32, or int8 with
+        w_scale [H, N + V] -> o [T, H, V] fp32."""
         if (isinstance(start, torch.Tensor) or cache.device.type != "cpu" or cache.data is None
-                or w.dtype != torch.float32 or w.device.type != "cpu"):
-            return attention.absorbed_heads(q_nope, q_pe, w, cache, start, scale, block)  # graph form, other devices
+                or w.dtype != (torch.float32 if w_scale is None else torch.int8) or w.device.type != "cpu"):
+            return attention.absorbed_heads(q_nope, q_pe, w, cache, start, scale, block,
+                                            w_scale=w_scale)  # graph form, other devices
         N = q_nope.shape[-1]
-        q_lat = mla_fold(x=q_nope.float().contiguous(), w=w[:, :N], form="cols", threads=self.threads)  # [T, H, R]
+        x = q_nope.float() if w_scale is None else q_nope.float() * w_scale[:, :N]  # W_UK's row scales: [T, H, N]
+        q_lat = mla_fold(x=x.contiguous(), w=w[:, :N], form="cols", threads=self.threads)  # [T, H, R]
         q = torch.cat((q_lat, q_pe.float()), dim=-1).mul_(scale)  # [T, H, R + P]
         o_lat = mla_absorbed(q=q, data=cache.data, scale=cache.scale, length=start + q.shape[0], start=start,
                              rank=cache.rank, threads=self.threads)  # [T, H, R]
-        return mla_fold(x=o_lat, w=w[:, N:], form="rows", threads=self.threads)  # [T, H, V]
+        o = mla_fold(x=o_lat, w=w[:, N:], form="rows", threads=self.threads)  # [T, H, V]
+        return o if w_scale is None else o.mul_(w_scale[:, N:])  # W_UV's row scales
 
 
 def install(net, threads: int) -> int:

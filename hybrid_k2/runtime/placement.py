@@ -58,10 +58,9 @@ DEFAULT_RULES = (
 )
 
 
-# device=cpu, precision="fast": every GPU-side linear in int8 on the CPU kernels (runtime/int8.py), but
-# kv_b_proj: MLA's absorbed decode reads its weight matrix directly (an int8 one would be dequantised
-# every step).
-CPU_INT8_RULES = (Rule("*.kv_b_proj", "device"), Rule("*", "device-int8"))
+# device=cpu, precision="fast": every GPU-side linear in int8 on the CPU kernels (runtime/int8.py),
+# kv_b_proj included: MLA's absorbed form folds its int8 rows as they are (MLA.attention_weight).
+CPU_INT8_RULES = (Rule("*", "device-int8"),)
 
 
 def parse_rule(text: str) -> Rule:

@@ -166,7 +166,8 @@ def _fixed(a, rp, o: PlanOptions):
 
         expert_scratch += BLOCK_BYTES
     stream = 2 * o.stream_chunk * per_expert if o.device_prefill else 0
-    if o.device == "cpu" and dt != 4:  # MLA keeps kv_b_proj in fp32 on the CPU (MLA.attention_weight)
+    kvb_int8 = any(n.endswith(".kv_b_proj") for n in rp.int8_linears)  # folded as int8: no copy
+    if o.device == "cpu" and dt != 4 and not kvb_int8:  # MLA keeps kv_b_proj in fp32 on the CPU (MLA.attention_weight)
         weights += a.num_hidden_layers * a.kv_lora_rank * a.num_attention_heads * (a.qk_nope_head_dim + a.v_head_dim) * 4
     return dict(dt=dt, weights=weights + (embed_dev if rp.embed == "device" else 0), hot=n_hot * per_expert,
                 expert_scratch=expert_scratch, stream=stream, embed=embed_dev if rp.embed == "cpu" else 0,
