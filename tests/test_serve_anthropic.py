@@ -64,6 +64,21 @@ def test_system_messages_within_the_conversation_stand_at_their_place(client, ti
     assert r.usage.input_tokens + r.usage.cache_read_input_tokens == _prompt_len(tiny_model, plain)
 
 
+def test_message_start_reports_the_cache_hit_as_the_final_usage_does(client, tiny_model):
+    """As Anthropic streams it: message_start already splits the prompt into input and cache-read tokens."""
+    msgs = [{"role": "user", "content": "Tell me about the cache in message_start, twice."}]
+    starts, finals = [], []
+    for _ in range(2):
+        with client.messages.stream(model=MODEL, max_tokens=2, messages=msgs) as stream:
+            starts += [e.message.usage for e in stream if e.type == "message_start"]
+            finals.append(stream.get_final_message().usage)
+    n = _prompt_len(tiny_model, msgs)
+    assert len(starts) == 2 and all(u.input_tokens + u.cache_read_input_tokens == n for u in starts)
+    assert starts[1].cache_read_input_tokens > 0  # the second time the prompt's prefix is cached
+    assert [(u.input_tokens, u.cache_read_input_tokens) for u in starts] == [
+        (u.input_tokens, u.cache_read_input_tokens) for u in finals]
+
+
 def test_count_tokens_is_the_template_prompt(client, tiny_model):
     n = client.messages.count_tokens(model=MODEL, messages=USER, tools=TOOLS).input_tokens
     assert n == _prompt_len(tiny_model, USER, OPENAI_TOOLS)

@@ -179,10 +179,10 @@ def new_message_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def usage(outcome: Optional[Outcome], prompt_tokens: int = 0) -> dict[str, int]:
-    if outcome is None:  # message_start: the cache lookup has not happened yet
-        return {"input_tokens": prompt_tokens, "output_tokens": 0, "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0}
+def usage(outcome: Optional[Outcome], prompt_tokens: int = 0, cached_tokens: int = 0) -> dict[str, int]:
+    if outcome is None:  # message_start: the prompt and what the cache lookup found (0 while queued)
+        return {"input_tokens": prompt_tokens - cached_tokens, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": cached_tokens}
     return {"input_tokens": outcome.prompt_tokens - outcome.cached_tokens, "output_tokens": outcome.completion_tokens,
             "cache_creation_input_tokens": 0, "cache_read_input_tokens": outcome.cached_tokens}
 
@@ -215,11 +215,11 @@ def block(part: Part, *, empty: bool = False) -> dict[str, Any]:
 
 
 def message(mid: str, model: str, answer: Optional[Answer], outcome: Optional[Outcome],
-            prompt_tokens: int = 0) -> dict[str, Any]:
+            prompt_tokens: int = 0, cached_tokens: int = 0) -> dict[str, Any]:
     reason, seq = stop_reason(answer, outcome) if outcome is not None else (None, None)
     return {"id": mid, "type": "message", "role": "assistant", "model": model,
             "content": [block(p) for p in answer.parts] if outcome is not None else [],
-            "stop_reason": reason, "stop_sequence": seq, "usage": usage(outcome, prompt_tokens)}
+            "stop_reason": reason, "stop_sequence": seq, "usage": usage(outcome, prompt_tokens, cached_tokens)}
 
 
 def sse_event(name: str, data: dict[str, Any]) -> str:

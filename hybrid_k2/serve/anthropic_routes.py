@@ -20,7 +20,7 @@ from hybrid_k2.serve.answer import Answer
 from hybrid_k2.serve.engine import Engine
 from hybrid_k2.serve.errors import APIError, anthropic_error_body
 from hybrid_k2.serve.jobs import collect, events, sse, submit
-from hybrid_k2.serve.responses import Outcome
+from hybrid_k2.serve.responses import Outcome, Started
 from hybrid_k2.serve.scheduler import Job, Scheduler
 
 PING_S = 10.0
@@ -51,7 +51,7 @@ def add_messages_routes(app: FastAPI, engine: Engine, scheduler: Scheduler) -> N
 
 async def _with_pings(job: Job) -> AsyncIterator[Any]:
     """The job's events, with _PING whenever none came for PING_S seconds."""
-    it = events(job).__aiter__()
+    it = events(job, started=True).__aiter__()
     nxt: Optional[asyncio.Future] = None
     try:
         while True:
@@ -72,16 +72,23 @@ async def _with_pings(job: Job) -> AsyncIterator[Any]:
 
 async def _stream(job: Job, scheduler: Scheduler, answer: Answer, mid: str, model: str,
                   prompt_tokens: int) -> AsyncIterator[str]:
+    """message_start once the prefix cache was looked up, with the usage split as Anthropic sends it (or
+    after PING_S in the queue without the split, to keep the connection alive: message_delta has it)."""
     outcome: Optional[Outcome] = None
     blocks = an.BlockEvents(answer)
     ping = an.sse_event("ping", {"type": "ping"})
+    started = False
     try:
-        yield an.sse_event("message_start", {"type": "message_start",
-                                             "message": an.message(mid, model, answer, None, prompt_tokens)})
-        yield ping
         async for event in _with_pings(job):
+            if not started:
+                cached = event.cached_tokens if isinstance(event, Started) else 0
+                yield an.sse_event("message_start", {"type": "message_start", "message": an.message(
+                    mid, model, answer, None, prompt_tokens, cached)})
+                started = True
             if event is _PING:
                 yield ping
+            elif isinstance(event, Started):
+                pass
             elif isinstance(event, Outcome):
                 outcome = event
             else:

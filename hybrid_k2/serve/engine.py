@@ -25,7 +25,7 @@ from hybrid_k2.serve.grammar import (GrammarCompiler, GrammarError, ToolSpec, js
                                      lltokenizer_for, tool_calls_grammar)
 from hybrid_k2.serve.metrics import Metrics
 from hybrid_k2.serve.prefix_cache import PrefixCache
-from hybrid_k2.serve.responses import Outcome
+from hybrid_k2.serve.responses import Outcome, Started
 from hybrid_k2.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("hybrid_k2.serve")
@@ -264,6 +264,7 @@ class Engine:
         where = f" (from {lease.source} in {time.perf_counter() - t_start:.2f} s)" if lease and lease.source else ""
         log.info("request %d: %d prompt tokens, %d cached%s, %d to prefill", rid, len(plan.prompt_ids), cached,
                  where, len(plan.prompt_ids) - cached)
+        job.emit(Started(cached_tokens=cached))
         constraints = self._constraints(plan)
         # With a grammar the budget lives in the constraint (it waits for a character boundary).
         budget_in_generate = plan.thinking_budget if plan.grammar is None else None

@@ -16,7 +16,7 @@ from hybrid_k2.errors import HybridK2Error
 from hybrid_k2.serve.engine import Engine, Plan
 from hybrid_k2.serve.errors import APIError
 from hybrid_k2.serve.metrics import Metrics
-from hybrid_k2.serve.responses import Outcome
+from hybrid_k2.serve.responses import Outcome, Started
 from hybrid_k2.serve.scheduler import Job, QueueFull, Scheduler
 
 DISCONNECT_POLL_S = 0.25
@@ -32,12 +32,15 @@ def submit(scheduler: Scheduler, engine: Engine, plan: Plan, metrics: Metrics) -
     return job
 
 
-async def events(job: Job) -> AsyncIterator[Any]:
-    """Delta lists, then one Outcome; a failure on the model thread becomes an APIError."""
+async def events(job: Job, *, started: bool = False) -> AsyncIterator[Any]:
+    """Delta lists, then one Outcome (`started`: a Started first, once the prefix cache was looked up);
+    a failure on the model thread becomes an APIError."""
     while True:
         event = await job.events.get()
         if event is None:
             return
+        if isinstance(event, Started) and not started:
+            continue
         if isinstance(event, BaseException):
             if isinstance(event, APIError):
                 raise event

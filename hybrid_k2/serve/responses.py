@@ -22,6 +22,12 @@ def new_id(prefix: str) -> str:
 
 
 @dataclass
+class Started:
+    """What the model thread reports once the prompt's prefix was looked up in the cache (before prefill)."""
+    cached_tokens: int
+
+
+@dataclass
 class Outcome:
     """What the model thread reports when a generation ends."""
     finish: str                  # "stop" | "length" | "tool_calls" | "cancelled"
