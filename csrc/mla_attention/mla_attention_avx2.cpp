@@ -6,7 +6,8 @@
 // Softmax: an 8-wide exp (Cephes' polynomial, relative error ~1e-7) over each row's <= 32 scores.
 // Values: acc[g, c] += sum_j p[g, j] kv[j, c] in tiles of 4 rows x 16 columns (8 registers) fed by 2
 // loads and 4 broadcasts per 8 FMAs; a tile's 16 columns of the block's rows (2 KB) stay in L1.
-// Folds (W_UK into the queries, W_UV out of the latent output): per-head GEMVs streaming the weight.
+// Folds (W_UK into the queries, W_UV out of the latent output): per-head GEMVs streaming the weight,
+// fp32 or int8 (widened in registers).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -173,30 +174,38 @@ void fold_cols_avx2(const float* x, int64_t ldx, int T, const W* w, int64_t ldw,
   }
 }
 
-// rows: 4 weight rows at a time, each x load shared by 4 FMAs, one horizontal sum per row; the 4 rows
-// (8 KB for K2's R = 512 in fp32, 2 KB in int8) stay in L1 while the call's other tokens use them.
+// rows: 4 weight rows at a time, each x load shared by 4 rows, two accumulators per row (FMA latency),
+// one horizontal sum per row; the next 4 rows are prefetched while these stream. The 4 rows (8 KB for
+// K2's R = 512 in fp32, 2 KB in int8) stay in L1 while the call's other tokens use them.
 template <typename W>
 void fold_rows_avx2(const float* x, int64_t ldx, int T, const W* w, int64_t ldw, int I, int O, float* y,
                     int64_t ldy) {
-  const int I8 = I & ~7;
+  const int I16 = I & ~15;
   int o = 0;
-  for (; o + 4 <= O; o += 4)
+  for (; o + 4 <= O; o += 4) {
+    const W* w0 = w + o * ldw;
+    const bool ahead = o + 8 <= O;
     for (int t = 0; t < T; ++t) {
       const float* xt = x + t * ldx;
-      const W* w0 = w + o * ldw;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int i = 0; i < I8; i += 8) {
-        const __m256 b = _mm256_loadu_ps(xt + i);
-        a0 = _mm256_fmadd_ps(b, load8(w0 + i), a0);
-        a1 = _mm256_fmadd_ps(b, load8(w0 + ldw + i), a1);
-        a2 = _mm256_fmadd_ps(b, load8(w0 + 2 * ldw + i), a2);
-        a3 = _mm256_fmadd_ps(b, load8(w0 + 3 * ldw + i), a3);
+      __m256 a[4][2];
+      for (int j = 0; j < 4; ++j) a[j][0] = a[j][1] = _mm256_setzero_ps();
+      for (int i = 0; i < I16; i += 16) {
+        const __m256 b0 = _mm256_loadu_ps(xt + i), b1 = _mm256_loadu_ps(xt + i + 8);
+        for (int j = 0; j < 4; ++j) {
+          const W* p = w0 + j * ldw + i;
+          if (ahead && t == 0 && (i * int(sizeof(W))) % 64 == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(p + 4 * ldw), _MM_HINT_T0);
+          a[j][0] = _mm256_fmadd_ps(b0, load8(p), a[j][0]);
+          a[j][1] = _mm256_fmadd_ps(b1, load8(p + 8), a[j][1]);
+        }
       }
-      float r[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-      for (int i = I8; i < I; ++i)
-        for (int j = 0; j < 4; ++j) r[j] += xt[i] * float(w0[j * ldw + i]);
-      for (int j = 0; j < 4; ++j) y[t * ldy + o + j] = r[j];
+      for (int j = 0; j < 4; ++j) {
+        float r = hsum(_mm256_add_ps(a[j][0], a[j][1]));
+        for (int i = I16; i < I; ++i) r += xt[i] * float(w0[j * ldw + i]);
+        y[t * ldy + o + j] = r;
+      }
     }
+  }
   if (o < O) {  // the last rows by the scalar fold
     const MlaKernels* ref = mla_kernels_scalar();
     if constexpr (std::is_same_v<W, float>)
