@@ -14,8 +14,11 @@ from hybrid_k2 import _C
 from hybrid_k2.kernels.tuning import tuning
 # the kernel choices are measured once per CPU model and cached on disk (kernels/tuning.py); where more
 # than one ISA path runs (an AVX-512 CPU) that measurement times synthetic experts of its own: not part
-# of loading, so it is done (as an earlier run would have) before the baseline
-tuning(_C.default_threads())
+# of loading, so it is done (as an earlier run would have) before the baseline, for the thread counts
+# loading asks for: the CPUs it may use (the ISA choice) and the physical cores (the runtime's pool)
+from hybrid_k2.runtime.machine import detect
+for n in {_C.default_threads(), detect().default_threads}:
+    tuning(n)
 proc = psutil.Process()
 before = proc.memory_info().rss
 model = hybrid_k2.load(sys.argv[1], precision="fast", progress=False)
