@@ -95,10 +95,13 @@ class MLA(nn.Module):
                 o = self.absorbed_attention(q_nope, q_pe, w_heads, cache, start, self.scale, block,
                                             w_scale=s_heads)  # [T, H, V]
             else:
-                if w_scale is None:
+                if w_scale is not None and x.device.type == "cpu":
+                    # the int8 linear itself, in fp32 (the CPU kernels read the int8 rows as they are)
+                    expand = lambda c: self.kv_b_proj(c.float())  # noqa: E731
+                else:
+                    if w_scale is not None:  # dequantised once per call, not once per block of keys
+                        w = self.kv_b_proj.weight  # [H (N + V), R] in the compute dtype
                     expand = lambda c: F.linear(c.to(w.dtype), w)  # noqa: E731
-                else:  # the int8 linear itself, in fp32 on the CPU (as the fp32 copy of a bf16 weight would)
-                    expand = lambda c: self.kv_b_proj(c.float() if c.device.type == "cpu" else c)  # noqa: E731
                 o = attention.expanded(q_nope, q_pe, cache, expand, start, self.scale, block, self.v_dim)  # [T, H, V]
         return self.o_proj(o.to(x.dtype).reshape(T, H * self.v_dim))
 

@@ -166,9 +166,9 @@ def _fixed(a, rp, o: PlanOptions):
 
         expert_scratch += BLOCK_BYTES
     stream = 2 * o.stream_chunk * per_expert if o.device_prefill else 0
-    kvb_int8 = any(n.endswith(".kv_b_proj") for n in rp.int8_linears)  # folded as int8: no copy
-    if o.device == "cpu" and dt != 4 and not kvb_int8:  # MLA keeps kv_b_proj in fp32 on the CPU (MLA.attention_weight)
-        weights += a.num_hidden_layers * a.kv_lora_rank * a.num_attention_heads * (a.qk_nope_head_dim + a.v_head_dim) * 4
+    if o.device == "cpu" and dt != 4:  # MLA keeps a bf16 kv_b_proj in fp32 on the CPU (an int8 one is read as stored)
+        bf16_kvb = a.num_hidden_layers - sum(n.endswith(".kv_b_proj") for n in rp.int8_linears)
+        weights += bf16_kvb * a.kv_lora_rank * a.num_attention_heads * (a.qk_nope_head_dim + a.v_head_dim) * 4
     return dict(dt=dt, weights=weights + (embed_dev if rp.embed == "device" else 0), hot=n_hot * per_expert,
                 expert_scratch=expert_scratch, stream=stream, embed=embed_dev if rp.embed == "cpu" else 0,
                 cpu_experts=a.n_moe_layers * a.n_routed_experts * per_expert)
