@@ -2,8 +2,8 @@
 
 model/attention.py `absorbed_heads` (fold W_UK in, attend in the latent space, fold W_UV out) runs in
 torch on the device side's one intra-op thread: at depth the attention is the step's largest cost (4.5
-GFLOP per layer at 32K positions for K2), at depth 0 the folds (2 x 16.8 MB of fp32 weights per layer
-and token) are. CpuAbsorbedAttention is a drop-in for it (same arguments, same result within fp32
+GFLOP per layer at 32K positions for K2), at depth 0 the folds (kv_b_proj's rows: 2 x 4.2 MB in int8, the
+fast default, or 2 x 16.8 MB of fp32 for a bf16 one, per layer and token) are. CpuAbsorbedAttention is a drop-in for it (same arguments, same result within fp32
 rounding) that runs the three on csrc/mla_attention, on the kernel pool the routed experts use, which is
 idle while a layer attends, and reads fp8 rows without a torch dequantisation pass. Set on every MLA module by the runtime (`install`), from outside the model code.
 """
